@@ -1,0 +1,28 @@
+//! Core of seqlease: the vocabulary (spaces, slots, leases, operations, gaps), the errors,
+//! the store clock, and the [`Store`] trait that the in-memory, SQLite and PostgreSQL
+//! backends implement.
+//!
+//! Applications embed the `seqlease` crate, which re-exports what they need from here; store
+//! authors implement [`Store`] and prove it with the `seqlease-conformance` suite.
+
+#![warn(missing_docs)]
+
+pub mod command;
+pub mod error;
+pub mod name;
+pub mod store;
+pub mod time;
+pub mod types;
+
+pub use command::{
+    BatchOutcome, Command, CommitOutcome, CommitStatus, LeaseKey, ReleaseOutcome, Reply,
+    SpaceProgress,
+};
+pub use error::{InvalidInput, LeaseError, StoreError};
+pub use name::{SpaceName, validate_id, validate_name};
+pub use store::{BatchingHint, SlotView, Store};
+pub use time::{Clock, ManualClock, SystemClock, TimeControl, Timestamp};
+pub use types::{
+    Entry, EntryContent, Fence, Gap, GapReason, GrantRequest, LeaseRecord, Operation,
+    OperationBody, RecoveryInfo, RecoveryType, SlotState, SpaceConfig, SpaceInfo, Token,
+};

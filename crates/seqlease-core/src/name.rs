@@ -1,0 +1,131 @@
+//! Validated names.
+//!
+//! Space names come from users and end up in SQL (bound, never formatted), logs and metric
+//! attributes, so they are validated once, at the edge: `[A-Za-z0-9_.-]{1,128}`. A
+//! [`SpaceName`] is cheap to clone (a shared string) because it travels with every command.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::InvalidInput;
+
+/// Longest space or projection-type name accepted.
+pub const MAX_NAME_LEN: usize = 128;
+/// Longest operation id or owner accepted.
+pub const MAX_ID_LEN: usize = 512;
+
+/// The name of a space: an independent ordered log with its own counter and watermark.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpaceName(Arc<str>);
+
+impl SpaceName {
+    /// Validate `name` as a space name.
+    pub fn new(name: &str) -> Result<Self, InvalidInput> {
+        validate_name("space", name)?;
+        Ok(SpaceName(Arc::from(name)))
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SpaceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SpaceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+impl AsRef<str> for SpaceName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<&str> for SpaceName {
+    type Error = InvalidInput;
+    fn try_from(s: &str) -> Result<Self, InvalidInput> {
+        SpaceName::new(s)
+    }
+}
+
+/// Check a name against `[A-Za-z0-9_.-]{1,128}`; `what` names the field in the error.
+pub fn validate_name(what: &'static str, name: &str) -> Result<(), InvalidInput> {
+    let reason = if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > MAX_NAME_LEN {
+        Some("it is longer than 128 characters")
+    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+        Some("only letters, digits, '_', '.' and '-' are allowed")
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(InvalidInput::Name { what, name: truncate_for_display(name), reason }),
+    }
+}
+
+/// Check a free-form identifier (operation id, owner): 1..=512 bytes, no control characters.
+pub fn validate_id(what: &'static str, id: &str) -> Result<(), InvalidInput> {
+    let reason = if id.is_empty() {
+        Some("it is empty")
+    } else if id.len() > MAX_ID_LEN {
+        Some("it is longer than 512 bytes")
+    } else if id.chars().any(char::is_control) {
+        Some("it contains control characters")
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(InvalidInput::Name { what, name: truncate_for_display(id), reason }),
+    }
+}
+
+fn truncate_for_display(s: &str) -> String {
+    const SHOWN: usize = 64;
+    if s.len() <= SHOWN {
+        return s.to_string();
+    }
+    let mut end = SHOWN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_documented_alphabet() {
+        for ok in ["orders-projections", "a", "A.b_c-9", &"x".repeat(128)] {
+            assert!(SpaceName::new(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_names_with_reason() {
+        for bad in ["", "has space", "semi;colon", "ünï", &"x".repeat(129), "drop table--'"] {
+            let err = SpaceName::new(bad).unwrap_err();
+            assert!(err.to_string().contains("space name"), "{err}");
+        }
+    }
+
+    #[test]
+    fn ids_reject_control_characters_and_empty() {
+        assert!(validate_id("operation id", "order-1/update").is_ok());
+        assert!(validate_id("operation id", "").is_err());
+        assert!(validate_id("operation id", "a\nb").is_err());
+        assert!(validate_id("operation id", &"x".repeat(513)).is_err());
+    }
+}

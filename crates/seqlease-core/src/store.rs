@@ -1,0 +1,122 @@
+//! The `Store` trait: the one narrow interface every backend implements.
+//!
+//! The engine owns policy (validation, group commit, waiting, handles); a store owns
+//! atomicity. A store applies a batch of [`Command`]s in **one transaction** and answers each
+//! command separately. Every store passes the same conformance suite
+//! (`seqlease-conformance`), so a new backend is "pass the suite".
+//!
+//! # The contract every store implements
+//!
+//! All checks use the store's clock ([`Store::now`]): `now` is read once per batch.
+//!
+//! **Grant.** Fails with [`LeaseError::UnknownSpace`] if the space was never ensured, with
+//! [`LeaseError::AtCapacity`] if the space already has `capacity` LEASED slots (expired but
+//! unresolved slots count). Otherwise allocates `seq = last_seq + 1` (contiguous from 1, I1),
+//! generates a fresh random token, and records the slot as LEASED with
+//! `leased_at = now`, `expires_at = now + ttl`, `renewals = 0`.
+//!
+//! **Lease checks** (renew, record, commit, release), in this order, each a typed error that
+//! writes nothing: the slot exists ([`LeaseError::UnknownSlot`]); the token matches
+//! ([`LeaseError::WrongToken`]); the slot is LEASED ([`LeaseError::Resolved`], except the
+//! commit retry below); `expires_at > now` ([`LeaseError::Expired`]); when fenced, the fence
+//! epoch is the resource's current epoch ([`LeaseError::StaleEpoch`]).
+//!
+//! **Renew** sets `expires_at = now + ttl` and increments `renewals`.
+//! **RecordPartial / RecordResult** store the bytes / body on the slot, replacing earlier ones.
+//!
+//! **Commit.** If the slot is already COMMITTED and the token matches, the reply is
+//! [`CommitStatus::AlreadyCommitted`] (an idempotent retry) and nothing changes. After the
+//! lease checks: if the space already has a committed operation with the lease's
+//! `operation_id` at seq `e` (I6), the slot becomes `GAP(superseded, superseded_by = e)` and
+//! the reply is `Duplicate { slot }` with `seq = e`. Otherwise the slot becomes COMMITTED
+//! holding the operation (id and projection type from the lease, body from the command).
+//!
+//! **Release.** After the lease checks: if partial work or a result was recorded, the lease
+//! is expired at once (`expires_at = now`) and left to recovery ([`ReleaseOutcome::HandedToRecovery`]);
+//! otherwise the slot becomes `GAP(released)` with the command's detail.
+//!
+//! **Watermark.** After the batch, each touched space's watermark is the largest `W` such
+//! that every slot `1..=W` is resolved; it is persisted and reported in
+//! [`BatchOutcome::progress`] for every space in which a slot left LEASED.
+//!
+//! A [`StoreError`] means the transaction was rolled back: nothing of the batch was written.
+
+use async_trait::async_trait;
+
+use crate::command::{BatchOutcome, Command};
+use crate::error::StoreError;
+use crate::name::SpaceName;
+use crate::time::Timestamp;
+use crate::types::{Entry, LeaseRecord, OperationBody, SlotState, SpaceConfig, SpaceInfo};
+
+#[cfg(doc)]
+use crate::{
+    command::{CommitStatus, ReleaseOutcome},
+    error::LeaseError,
+};
+
+
+/// How the engine should feed a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchingHint {
+    /// Coalesce concurrent commands into batches (group commit). Off for the in-memory
+    /// store, where a batch saves no I/O.
+    pub group_commit: bool,
+    /// Most commands in one batch.
+    pub max_batch: usize,
+    /// Batches the engine may have in flight at once (1 for a single-writer database).
+    pub max_in_flight: usize,
+}
+
+/// A slot as the store holds it, for inspection (CLI, tests). Never carries the token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotView {
+    /// The lease as granted (the token is zeroed).
+    pub lease: LeaseRecord,
+    /// Its state.
+    pub state: SlotState,
+    /// Recorded partial work.
+    pub partial: Option<Vec<u8>>,
+    /// Recorded completed result.
+    pub result: Option<OperationBody>,
+}
+
+/// A seqlease backend. See the module docs for the contract.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// "memory", "sqlite" or "postgres": used in errors, logs and metrics.
+    fn backend(&self) -> &'static str;
+
+    /// How the engine should batch commands for this store.
+    fn batching(&self) -> BatchingHint;
+
+    /// The store's clock.
+    async fn now(&self) -> Result<Timestamp, StoreError>;
+
+    /// Create the space if it does not exist; set its capacity to `config.capacity`.
+    async fn ensure_space(
+        &self,
+        space: &SpaceName,
+        config: &SpaceConfig,
+    ) -> Result<SpaceInfo, StoreError>;
+
+    /// A space's counters, `None` if it does not exist.
+    async fn space_info(&self, space: &SpaceName) -> Result<Option<SpaceInfo>, StoreError>;
+
+    /// All spaces, ordered by name.
+    async fn list_spaces(&self) -> Result<Vec<SpaceInfo>, StoreError>;
+
+    /// Apply `commands` in one transaction, in order; one reply per command.
+    async fn execute(&self, commands: Vec<Command>) -> Result<BatchOutcome, StoreError>;
+
+    /// Resolved entries with `from <= seq <= watermark`, ascending, at most `limit`.
+    async fn read(
+        &self,
+        space: &SpaceName,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError>;
+
+    /// One slot, whatever its state; `None` if never granted.
+    async fn slot(&self, space: &SpaceName, seq: u64) -> Result<Option<SlotView>, StoreError>;
+}
