@@ -1,1 +1,69 @@
+//! # seqlease
+//!
+//! A sequence-leasing projection engine for event-sourced applications.
+//!
+//! Projection workers turn events into operations in parallel, but the operations must land
+//! in one strict order so every read model — and every replay — sees the same history.
+//! seqlease hands workers ordered **sequence leases**: the right to fill one slot of an ordered
+//! log before a deadline. Workers commit into their slots in any order; readers see the
+//! contiguous prefix (the **watermark**) and wait at a barrier for the next slot. A slot whose
+//! worker vanished is resolved by recovery into recovered work or an explained **gap**.
+//!
+//! ```
+//! use seqlease::{Engine, Grant, OperationBody};
+//!
+//! # async fn demo() -> Result<(), seqlease::Error> {
+//! let engine = Engine::open("memory").await?;
+//! let orders = engine.space("orders-projections").await?;
+//!
+//! // A worker leases the next slot, does its work, and commits one operation into it.
+//! let mut lease = orders.grant(Grant::new("event-17/update", "order-status")).await?;
+//! let payload = br#"{"set":{"status":"shipped"},"ids":[101,102]}"#.to_vec();
+//! lease.commit(OperationBody::new("update", payload)).await?;
+//!
+//! // A reader follows the ordered log from the start.
+//! let mut reader = orders.reader(1);
+//! let entry = reader.next().await?;
+//! assert_eq!(entry.seq, 1);
+//! assert_eq!(orders.watermark(), 1);
+//! # Ok(()) }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+//! ```
+//!
+//! The pieces: [`Engine`] (one per store), [`Space`] (one ordered log), [`Lease`] (one slot),
+//! [`LogReader`] (the ordered log). Stores: in-memory, SQLite (the embedded default); see the
+//! `Store` trait in [`core`] to write another.
 
+#![warn(missing_docs)]
+
+mod barrier;
+mod config;
+mod engine;
+mod error;
+mod group_commit;
+mod lease;
+mod open;
+mod reader;
+mod space;
+
+pub use config::EngineConfig;
+pub use engine::{Engine, EngineBuilder};
+pub use error::{Error, Result};
+pub use lease::Lease;
+pub use open::{DEFAULT_URL, open_store};
+pub use reader::LogReader;
+pub use space::{Grant, Space};
+
+pub use seqlease_core::{
+    CommitOutcome, CommitStatus, Entry, EntryContent, Fence, Gap, GapReason, InvalidInput,
+    LeaseError, ManualClock, Operation, OperationBody, RecoveryInfo, RecoveryType, ReleaseOutcome,
+    SlotState, SpaceConfig, SpaceInfo, SpaceName, StoreError, SystemClock, TimeControl, Timestamp,
+};
+
+/// The core crate: the `Store` trait, commands and types, for store authors and tests.
+pub use seqlease_core as core;
+/// The in-memory store.
+pub use seqlease_memory::MemoryStore;
+/// The SQLite store.
+#[cfg(feature = "sqlite")]
+pub use seqlease_sqlite::{SqliteOptions, SqliteStore};

@@ -1,1 +1,151 @@
+//! The in-memory seqlease store: every space lives in a map behind a mutex.
+//!
+//! It is the reference implementation of the [`Store`] contract (simple enough to read in
+//! one sitting), the store of choice for tests and for single-process applications that do
+//! not need durability, and the baseline the other stores are benchmarked against. Time
+//! comes from an injectable [`Clock`], so tests drive expiry with a [`ManualClock`].
+//!
+//! Nothing survives the process: use the SQLite store for durability.
+//!
+//! [`ManualClock`]: seqlease_core::ManualClock
 
+#![warn(missing_docs)]
+
+mod space;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::{Mutex, RwLock};
+use seqlease_core::{
+    BatchOutcome, BatchingHint, Clock, Command, Entry, SlotView, SpaceConfig, SpaceInfo, SpaceName,
+    Store, StoreError, SystemClock, Timestamp,
+};
+
+use space::SpaceState;
+
+/// A store that keeps everything in process memory.
+#[derive(Debug)]
+pub struct MemoryStore {
+    clock: Arc<dyn Clock>,
+    spaces: RwLock<HashMap<SpaceName, Arc<Mutex<SpaceState>>>>,
+}
+
+impl MemoryStore {
+    /// An empty store on the system clock.
+    pub fn new() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+
+    /// An empty store whose expiry decisions use `clock`.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        MemoryStore {
+            clock,
+            spaces: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn space(&self, name: &SpaceName) -> Option<Arc<Mutex<SpaceState>>> {
+        self.spaces.read().get(name).cloned()
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    fn batching(&self) -> BatchingHint {
+        // A batch saves no I/O here; direct calls are faster than coalescing.
+        BatchingHint {
+            group_commit: false,
+            max_batch: 1024,
+            max_in_flight: 1,
+        }
+    }
+
+    async fn now(&self) -> Result<Timestamp, StoreError> {
+        Ok(self.clock.now())
+    }
+
+    async fn ensure_space(
+        &self,
+        name: &SpaceName,
+        config: &SpaceConfig,
+    ) -> Result<SpaceInfo, StoreError> {
+        let space = {
+            let mut spaces = self.spaces.write();
+            spaces
+                .entry(name.clone())
+                .or_insert_with(|| Arc::new(Mutex::new(SpaceState::new(name.clone(), config))))
+                .clone()
+        };
+        let mut state = space.lock();
+        state.capacity = config.capacity;
+        Ok(state.info())
+    }
+
+    async fn space_info(&self, name: &SpaceName) -> Result<Option<SpaceInfo>, StoreError> {
+        Ok(self.space(name).map(|s| s.lock().info()))
+    }
+
+    async fn list_spaces(&self) -> Result<Vec<SpaceInfo>, StoreError> {
+        let spaces: Vec<_> = self.spaces.read().values().cloned().collect();
+        let mut infos: Vec<SpaceInfo> = spaces.iter().map(|s| s.lock().info()).collect();
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(infos)
+    }
+
+    async fn execute(&self, commands: Vec<Command>) -> Result<BatchOutcome, StoreError> {
+        let now = self.clock.now();
+        let mut outcome = BatchOutcome {
+            replies: Vec::with_capacity(commands.len()),
+            progress: Vec::new(),
+        };
+        // Commands of one batch usually target one space: keep its lock across the run.
+        let mut current: Option<(SpaceName, Arc<Mutex<SpaceState>>)> = None;
+        for command in commands {
+            let name = command.space();
+            if current.as_ref().is_none_or(|(n, _)| n != name) {
+                current = self.space(name).map(|s| (name.clone(), s));
+            }
+            let reply = match &current {
+                Some((_, space)) => space.lock().apply(command, now, &mut outcome),
+                None => Err(seqlease_core::LeaseError::UnknownSpace {
+                    space: name.clone(),
+                }),
+            };
+            outcome.replies.push(reply);
+        }
+        for progress in &mut outcome.progress {
+            if let Some(space) = self.space(&progress.space) {
+                progress.watermark = space.lock().watermark;
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn read(
+        &self,
+        name: &SpaceName,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        Ok(self
+            .space(name)
+            .map(|s| s.lock().read(from, limit))
+            .unwrap_or_default())
+    }
+
+    async fn slot(&self, name: &SpaceName, seq: u64) -> Result<Option<SlotView>, StoreError> {
+        Ok(self.space(name).and_then(|s| s.lock().view(seq)))
+    }
+}

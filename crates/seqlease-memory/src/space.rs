@@ -1,0 +1,298 @@
+//! One space of the in-memory store: its slots and the rules of the slot life cycle.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use seqlease_core::{
+    BatchOutcome, Command, CommitOutcome, CommitStatus, Entry, EntryContent, Gap, GapReason,
+    GrantRequest, LeaseError, LeaseKey, LeaseRecord, Operation, OperationBody, ReleaseOutcome,
+    Reply, SlotState, SlotView, SpaceConfig, SpaceInfo, SpaceName, Timestamp, Token,
+};
+
+#[derive(Debug)]
+struct Slot {
+    lease: LeaseRecord,
+    state: SlotState,
+    partial: Option<Vec<u8>>,
+    result: Option<OperationBody>,
+    /// Set once, when the slot resolves.
+    resolved: Option<(Timestamp, EntryContent)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct SpaceState {
+    name: SpaceName,
+    pub(crate) capacity: u32,
+    pub(crate) watermark: u64,
+    in_flight: u32,
+    /// `slots[seq - 1]`: seqs are contiguous from 1.
+    slots: Vec<Slot>,
+    /// operation id → seq of its committed entry (I6).
+    committed: HashMap<String, u64>,
+}
+
+impl SpaceState {
+    pub(crate) fn new(name: SpaceName, config: &SpaceConfig) -> Self {
+        SpaceState {
+            name,
+            capacity: config.capacity,
+            watermark: 0,
+            in_flight: 0,
+            slots: Vec::new(),
+            committed: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn info(&self) -> SpaceInfo {
+        SpaceInfo {
+            name: self.name.clone(),
+            last_seq: self.slots.len() as u64,
+            watermark: self.watermark,
+            in_flight: self.in_flight,
+            capacity: self.capacity,
+        }
+    }
+
+    pub(crate) fn apply(
+        &mut self,
+        command: Command,
+        now: Timestamp,
+        outcome: &mut BatchOutcome,
+    ) -> Result<Reply, LeaseError> {
+        match command {
+            Command::Grant(req) => self.grant(req, now).map(Reply::Granted),
+            Command::Renew { key, ttl } => self.renew(&key, ttl, now),
+            Command::RecordPartial { key, data } => {
+                self.live_slot(&key, now)?.partial = Some(data);
+                Ok(Reply::Recorded)
+            }
+            Command::RecordResult { key, body } => {
+                self.live_slot(&key, now)?.result = Some(body);
+                Ok(Reply::Recorded)
+            }
+            Command::Commit { key, body } => self.commit(&key, body, now, outcome),
+            Command::Release { key, detail } => self.release(&key, detail, now, outcome),
+        }
+    }
+
+    fn grant(&mut self, req: GrantRequest, now: Timestamp) -> Result<LeaseRecord, LeaseError> {
+        if self.in_flight >= self.capacity {
+            return Err(LeaseError::AtCapacity {
+                space: self.name.clone(),
+                capacity: self.capacity,
+            });
+        }
+        let lease = LeaseRecord {
+            space: self.name.clone(),
+            seq: self.slots.len() as u64 + 1,
+            token: Token::random(),
+            operation_id: req.operation_id,
+            projection_type: req.projection_type,
+            owner: req.owner,
+            fence: req.fence,
+            leased_at: now,
+            expires_at: now.plus(req.ttl),
+            renewals: 0,
+        };
+        self.slots.push(Slot {
+            lease: lease.clone(),
+            state: SlotState::Leased,
+            partial: None,
+            result: None,
+            resolved: None,
+        });
+        self.in_flight += 1;
+        Ok(lease)
+    }
+
+    fn renew(
+        &mut self,
+        key: &LeaseKey,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Reply, LeaseError> {
+        let slot = self.live_slot(key, now)?;
+        slot.lease.expires_at = now.plus(ttl);
+        slot.lease.renewals += 1;
+        Ok(Reply::Renewed {
+            expires_at: slot.lease.expires_at,
+            renewals: slot.lease.renewals,
+        })
+    }
+
+    fn commit(
+        &mut self,
+        key: &LeaseKey,
+        body: OperationBody,
+        now: Timestamp,
+        outcome: &mut BatchOutcome,
+    ) -> Result<Reply, LeaseError> {
+        let slot = self.slot_with_token(key)?;
+        if slot.state == SlotState::Committed {
+            // The same holder retrying after an ambiguous failure: answer, change nothing.
+            let status = CommitStatus::AlreadyCommitted;
+            return Ok(Reply::Committed(CommitOutcome {
+                seq: key.seq,
+                status,
+            }));
+        }
+        self.live_slot(key, now)?;
+        let seq = key.seq;
+        let operation_id = self.slots[index(seq)].lease.operation_id.clone();
+        if let Some(&existing) = self.committed.get(&operation_id) {
+            let gap = Gap {
+                reason: GapReason::Superseded,
+                superseded_by: Some(existing),
+                detail: None,
+            };
+            self.resolve(seq, EntryContent::Gap(gap), now, outcome);
+            let status = CommitStatus::Duplicate { slot: seq };
+            return Ok(Reply::Committed(CommitOutcome {
+                seq: existing,
+                status,
+            }));
+        }
+        let lease = &self.slots[index(seq)].lease;
+        let op = Operation {
+            operation_id: lease.operation_id.clone(),
+            projection_type: lease.projection_type.clone(),
+            body,
+            recovery: None,
+        };
+        self.committed.insert(operation_id, seq);
+        self.resolve(seq, EntryContent::Operation(op), now, outcome);
+        Ok(Reply::Committed(CommitOutcome {
+            seq,
+            status: CommitStatus::Committed,
+        }))
+    }
+
+    fn release(
+        &mut self,
+        key: &LeaseKey,
+        detail: Option<String>,
+        now: Timestamp,
+        outcome: &mut BatchOutcome,
+    ) -> Result<Reply, LeaseError> {
+        let slot = self.live_slot(key, now)?;
+        if slot.partial.is_some() || slot.result.is_some() {
+            // Recorded work is never dropped (I5): expire now, recovery takes it from here.
+            slot.lease.expires_at = now;
+            return Ok(Reply::Released(ReleaseOutcome::HandedToRecovery));
+        }
+        let gap = Gap {
+            reason: GapReason::Released,
+            superseded_by: None,
+            detail,
+        };
+        self.resolve(key.seq, EntryContent::Gap(gap), now, outcome);
+        Ok(Reply::Released(ReleaseOutcome::Gap))
+    }
+
+    fn resolve(
+        &mut self,
+        seq: u64,
+        content: EntryContent,
+        now: Timestamp,
+        outcome: &mut BatchOutcome,
+    ) {
+        let slot = &mut self.slots[index(seq)];
+        debug_assert!(slot.resolved.is_none(), "a slot resolves once (I2)");
+        slot.state = match &content {
+            EntryContent::Operation(_) => SlotState::Committed,
+            EntryContent::Gap(g) => SlotState::Gap(g.reason),
+        };
+        slot.partial = None;
+        slot.result = None;
+        slot.resolved = Some((now, content));
+        self.in_flight -= 1;
+        while self
+            .slots
+            .get(self.watermark as usize)
+            .is_some_and(|s| s.resolved.is_some())
+        {
+            self.watermark += 1;
+        }
+        outcome.note_freed(&self.name);
+    }
+
+    /// The slot if it exists and the token matches.
+    fn slot_with_token(&mut self, key: &LeaseKey) -> Result<&mut Slot, LeaseError> {
+        let name = &self.name;
+        let slot = (key.seq >= 1)
+            .then(|| self.slots.get_mut(index(key.seq)))
+            .flatten()
+            .ok_or_else(|| LeaseError::UnknownSlot {
+                space: name.clone(),
+                seq: key.seq,
+            })?;
+        if slot.lease.token != key.token {
+            return Err(LeaseError::WrongToken {
+                space: name.clone(),
+                seq: key.seq,
+            });
+        }
+        Ok(slot)
+    }
+
+    /// The slot if the key holds a live lease on it (the lease checks of the contract).
+    fn live_slot(&mut self, key: &LeaseKey, now: Timestamp) -> Result<&mut Slot, LeaseError> {
+        let name = self.name.clone();
+        let slot = self.slot_with_token(key)?;
+        if slot.state != SlotState::Leased {
+            return Err(LeaseError::Resolved {
+                space: name,
+                seq: key.seq,
+                state: slot.state,
+            });
+        }
+        if slot.lease.expires_at <= now {
+            let expired_at = slot.lease.expires_at;
+            return Err(LeaseError::Expired {
+                space: name,
+                seq: key.seq,
+                expired_at,
+                now,
+            });
+        }
+        Ok(slot)
+    }
+
+    pub(crate) fn read(&self, from: u64, limit: usize) -> Vec<Entry> {
+        let from = from.max(1);
+        (from..=self.watermark)
+            .take(limit)
+            .map(|seq| {
+                let slot = &self.slots[index(seq)];
+                let (resolved_at, content) = slot
+                    .resolved
+                    .clone()
+                    .expect("every slot at or below the watermark is resolved");
+                Entry {
+                    space: self.name.clone(),
+                    seq,
+                    lease_operation_id: slot.lease.operation_id.clone(),
+                    owner: slot.lease.owner.clone(),
+                    resolved_at,
+                    content,
+                }
+            })
+            .collect()
+    }
+
+    pub(crate) fn view(&self, seq: u64) -> Option<SlotView> {
+        let slot = self.slots.get(index(seq.checked_sub(1)? + 1))?;
+        let mut lease = slot.lease.clone();
+        lease.token = Token([0; 16]);
+        Some(SlotView {
+            lease,
+            state: slot.state,
+            partial: slot.partial.clone(),
+            result: slot.result.clone(),
+        })
+    }
+}
+
+fn index(seq: u64) -> usize {
+    (seq - 1) as usize
+}

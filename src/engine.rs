@@ -1,0 +1,209 @@
+//! The engine: one store, its settings, and the machinery every handle shares.
+//!
+//! An application builds one [`Engine`] per store (two engines in one process are fine:
+//! nothing is global), opens [`Space`]s on it, and hands out the engine by cloning it (it is
+//! an `Arc` inside).
+
+use std::sync::Arc;
+
+use seqlease_core::{
+    Clock, Command, InvalidInput, LeaseError, Reply, SpaceConfig, SpaceInfo, SpaceName, Store,
+    StoreError, SystemClock, Timestamp, validate_id,
+};
+
+use crate::barrier::Spaces;
+use crate::config::EngineConfig;
+use crate::error::{Error, Result};
+use crate::group_commit::Dispatcher;
+use crate::open::open_store;
+use crate::space::Space;
+
+/// The handle applications hold. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<EngineInner>,
+}
+
+pub(crate) struct EngineInner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) config: EngineConfig,
+    pub(crate) spaces: Arc<Spaces>,
+    pub(crate) dispatcher: Dispatcher,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("backend", &self.inner.store.backend())
+            .field("owner", &self.inner.config.owner)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Start configuring an engine.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// An engine with default settings on the store named by `url`
+    /// (`memory`, `sqlite://PATH`).
+    pub async fn open(url: &str) -> Result<Engine> {
+        Engine::builder().url(url).build().await
+    }
+
+    /// The store behind this engine.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Open `name`, creating it with the engine's default capacity if it does not exist.
+    /// An existing space keeps its settings.
+    pub async fn space(&self, name: &str) -> Result<Space> {
+        let name = SpaceName::new(name)?;
+        let info = match self.inner.store.space_info(&name).await? {
+            Some(info) => info,
+            None => {
+                let config = SpaceConfig {
+                    capacity: self.inner.config.default_capacity,
+                };
+                self.inner.store.ensure_space(&name, &config).await?
+            }
+        };
+        Ok(self.space_handle(info))
+    }
+
+    /// Open `name` with explicit settings, creating it or updating its settings.
+    pub async fn space_with(&self, name: &str, config: SpaceConfig) -> Result<Space> {
+        let name = SpaceName::new(name)?;
+        if config.capacity == 0 {
+            return Err(InvalidInput::Setting {
+                setting: "capacity",
+                reason: format!("space {name}: capacity must be at least 1"),
+            }
+            .into());
+        }
+        let info = self.inner.store.ensure_space(&name, &config).await?;
+        Ok(self.space_handle(info))
+    }
+
+    fn space_handle(&self, info: SpaceInfo) -> Space {
+        let signals = self.inner.spaces.signals(&info.name, info.watermark);
+        Space::new(self.clone(), info.name, signals)
+    }
+
+    /// Every space in the store.
+    pub async fn spaces(&self) -> Result<Vec<SpaceInfo>, StoreError> {
+        self.inner.store.list_spaces().await
+    }
+
+    /// The store's clock.
+    pub async fn now(&self) -> Result<Timestamp, StoreError> {
+        self.inner.store.now().await
+    }
+
+    /// Send one command through group commit.
+    pub(crate) async fn dispatch(&self, command: Command) -> Result<Reply> {
+        self.inner.dispatcher.one(command).await
+    }
+
+    /// Send commands as one batch of their own.
+    pub(crate) async fn dispatch_many(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<Vec<Result<Reply, LeaseError>>, StoreError> {
+        self.inner.dispatcher.many(commands).await
+    }
+}
+
+/// Builds an [`Engine`].
+#[derive(Default)]
+pub struct EngineBuilder {
+    store: Option<Arc<dyn Store>>,
+    url: Option<String>,
+    clock: Option<Arc<dyn Clock>>,
+    config: EngineConfig,
+}
+
+impl EngineBuilder {
+    /// Use this store.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Open the store named by `url` (`memory`, `sqlite://PATH`) at build time.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// The clock for a store opened by URL (tests inject a `ManualClock`).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Replace all settings.
+    pub fn config(mut self, config: EngineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The worker id recorded on leases that do not name one.
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.config.owner = owner.into();
+        self
+    }
+
+    /// Build the engine. Must run inside a tokio runtime (it starts the group-commit task).
+    pub async fn build(self) -> Result<Engine> {
+        let config = self.config;
+        validate_id("owner", &config.owner)?;
+        if config.min_ttl.is_zero() || config.min_ttl > config.max_ttl {
+            return Err(InvalidInput::Setting {
+                setting: "min_ttl/max_ttl",
+                reason: format!(
+                    "need 0 < min_ttl <= max_ttl, got {:?}..{:?}",
+                    config.min_ttl, config.max_ttl
+                ),
+            }
+            .into());
+        }
+        let store = match (self.store, self.url) {
+            (Some(store), _) => store,
+            (None, Some(url)) => {
+                open_store(&url, self.clock.unwrap_or_else(|| Arc::new(SystemClock))).await?
+            }
+            (None, None) => {
+                return Err(InvalidInput::Setting {
+                    setting: "store",
+                    reason: "give the builder a store or a URL".into(),
+                }
+                .into());
+            }
+        };
+        let spaces = Arc::new(Spaces::default());
+        let group_commit = config.group_commit.unwrap_or(store.batching().group_commit);
+        let dispatcher = Dispatcher::new(store.clone(), spaces.clone(), group_commit);
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                store,
+                config,
+                spaces,
+                dispatcher,
+            }),
+        })
+    }
+}
+
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        std::io::Error::other(e)
+    }
+}

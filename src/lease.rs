@@ -1,0 +1,285 @@
+//! The lease handle: the right to fill one slot before a deadline.
+//!
+//! A [`Lease`] is what [`Space::grant`](crate::Space::grant) returns. While it is live the
+//! worker may renew it, record partial work and a completed result (so that recovery can
+//! finish the job if the worker dies), and finally commit one operation or release the slot.
+//!
+//! The handle keeps a **local safe deadline**: the monotonic time at which the grant (or last
+//! renewal) was *requested*, plus the TTL, minus a safety margin. Because the store's clock
+//! started counting no earlier than the request, the handle never believes it holds a lease
+//! the store may already consider expired. The store stays the authority: a commit is always
+//! checked there.
+//!
+//! Dropping a handle that neither committed nor released (a panic, a cancelled task) releases
+//! the slot in the background so readers are not held up until the TTL runs out; if work was
+//! recorded, the store hands the slot to recovery instead of dropping it.
+
+use std::time::Duration;
+
+use seqlease_core::{
+    Command, CommitOutcome, Fence, InvalidInput, LeaseKey, LeaseRecord, OperationBody,
+    ReleaseOutcome, Reply, SpaceName, Timestamp, Token,
+};
+use tokio::time::Instant;
+
+use crate::config::EngineConfig;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::space::unreachable_reply;
+
+/// A held sequence lease. See the module docs.
+#[derive(Debug)]
+pub struct Lease {
+    engine: Engine,
+    record: LeaseRecord,
+    local_deadline: Instant,
+    /// Set once the slot is committed, released, or known to be out of our hands.
+    finished: bool,
+}
+
+impl Lease {
+    pub(crate) fn new(
+        engine: Engine,
+        record: LeaseRecord,
+        requested_at: Instant,
+        ttl: Duration,
+    ) -> Self {
+        let local_deadline = requested_at + ttl - engine.config().safety_margin(ttl);
+        Lease {
+            engine,
+            record,
+            local_deadline,
+            finished: false,
+        }
+    }
+
+    /// The space.
+    pub fn space(&self) -> &SpaceName {
+        &self.record.space
+    }
+
+    /// The slot this lease fills.
+    pub fn seq(&self) -> u64 {
+        self.record.seq
+    }
+
+    /// The operation id the slot was granted for.
+    pub fn operation_id(&self) -> &str {
+        &self.record.operation_id
+    }
+
+    /// The projection-type label.
+    pub fn projection_type(&self) -> &str {
+        &self.record.projection_type
+    }
+
+    /// The worker recorded as owner.
+    pub fn owner(&self) -> &str {
+        &self.record.owner
+    }
+
+    /// The fence, if granted under a resource lease.
+    pub fn fence(&self) -> Option<&Fence> {
+        self.record.fence.as_ref()
+    }
+
+    /// The lease's secret (to hand the slot to another process that will commit it).
+    pub fn token(&self) -> Token {
+        self.record.token
+    }
+
+    /// When the store will expire the lease (store clock).
+    pub fn expires_at(&self) -> Timestamp {
+        self.record.expires_at
+    }
+
+    /// Renewals so far.
+    pub fn renewals(&self) -> u32 {
+        self.record.renewals
+    }
+
+    /// Time left before the local safe deadline (zero once passed).
+    pub fn remaining(&self) -> Duration {
+        self.local_deadline
+            .saturating_duration_since(Instant::now())
+    }
+
+    /// Whether the handle still believes it holds the lease (by its local safe deadline).
+    pub fn is_live(&self) -> bool {
+        !self.finished && Instant::now() < self.local_deadline
+    }
+
+    fn key(&self) -> LeaseKey {
+        LeaseKey {
+            space: self.record.space.clone(),
+            seq: self.record.seq,
+            token: self.record.token,
+        }
+    }
+
+    /// Extend the lease to `ttl` from now (the engine's default TTL when `None`).
+    pub async fn renew(&mut self, ttl: Option<Duration>) -> Result<()> {
+        let config = self.engine.config();
+        let ttl = check_ttl(config, ttl.unwrap_or(config.default_ttl))?;
+        let requested_at = Instant::now();
+        let reply = self
+            .send(Command::Renew {
+                key: self.key(),
+                ttl,
+            })
+            .await?;
+        match reply {
+            Reply::Renewed {
+                expires_at,
+                renewals,
+            } => {
+                self.record.expires_at = expires_at;
+                self.record.renewals = renewals;
+                self.local_deadline = requested_at + ttl - self.engine.config().safety_margin(ttl);
+                Ok(())
+            }
+            other => unreachable_reply("renew", other),
+        }
+    }
+
+    /// Record a checkpoint of partial work (replaces any earlier one). If the worker dies,
+    /// the recovery chain hands it to the resolver registered for the projection type.
+    pub async fn record_partial(&mut self, data: impl Into<Vec<u8>>) -> Result<()> {
+        let data = data.into();
+        check_payload(self.engine.config(), "partial work", data.len())?;
+        self.send(Command::RecordPartial {
+            key: self.key(),
+            data,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Record the finished operation before committing it (the operation tracker). If the
+    /// commit never arrives, recovery commits this result.
+    pub async fn record_result(&mut self, body: OperationBody) -> Result<()> {
+        check_payload(
+            self.engine.config(),
+            "operation payload",
+            body.payload.len(),
+        )?;
+        self.send(Command::RecordResult {
+            key: self.key(),
+            body,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Commit `body` into the slot. A retry after an ambiguous failure is safe: it answers
+    /// `AlreadyCommitted`. If the operation id is already committed elsewhere in the space,
+    /// the answer points there and this slot becomes a superseded gap (I6).
+    pub async fn commit(&mut self, body: OperationBody) -> Result<CommitOutcome> {
+        check_payload(
+            self.engine.config(),
+            "operation payload",
+            body.payload.len(),
+        )?;
+        match self
+            .send(Command::Commit {
+                key: self.key(),
+                body,
+            })
+            .await?
+        {
+            Reply::Committed(outcome) => {
+                self.finished = true;
+                Ok(outcome)
+            }
+            other => unreachable_reply("commit", other),
+        }
+    }
+
+    /// Give the slot up: it becomes `GAP(released)` (or, if work was recorded, goes to
+    /// recovery). `detail` is kept on the gap for readers and operators.
+    pub async fn release(mut self, detail: Option<String>) -> Result<ReleaseOutcome> {
+        match self
+            .send(Command::Release {
+                key: self.key(),
+                detail,
+            })
+            .await?
+        {
+            Reply::Released(outcome) => {
+                self.finished = true;
+                Ok(outcome)
+            }
+            other => unreachable_reply("release", other),
+        }
+    }
+
+    async fn send(&mut self, command: Command) -> Result<Reply> {
+        // Even after commit the store is asked: it answers a commit retry with
+        // AlreadyCommitted and anything else with a typed refusal.
+        let result = self.engine.dispatch(command).await;
+        if let Err(Error::Lease(e)) = &result {
+            use seqlease_core::LeaseError::*;
+            // The store says the slot is no longer ours: nothing left to release on drop.
+            if matches!(
+                e,
+                WrongToken { .. }
+                    | Expired { .. }
+                    | Resolved { .. }
+                    | UnknownSlot { .. }
+                    | StaleEpoch { .. }
+            ) {
+                self.finished = true;
+            }
+        }
+        result
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(space = %self.record.space, seq = self.record.seq, "lease dropped outside a runtime; the slot resolves when its TTL expires");
+            return;
+        };
+        let engine = self.engine.clone();
+        let key = self.key();
+        tracing::debug!(space = %key.space, seq = key.seq, "lease dropped without commit; releasing its slot");
+        runtime.spawn(async move {
+            let (space, seq) = (key.space.clone(), key.seq);
+            let detail = Some("lease handle dropped without commit (panic or cancellation)".to_string());
+            if let Err(e) = engine.dispatch(Command::Release { key, detail }).await {
+                tracing::debug!(%space, seq, error = %e, "release of a dropped lease failed; the slot resolves when its TTL expires");
+            }
+        });
+    }
+}
+
+/// Check a TTL against the engine's bounds.
+pub(crate) fn check_ttl(config: &EngineConfig, ttl: Duration) -> Result<Duration, InvalidInput> {
+    if ttl < config.min_ttl || ttl > config.max_ttl {
+        return Err(InvalidInput::Ttl {
+            ttl,
+            min: config.min_ttl,
+            max: config.max_ttl,
+        });
+    }
+    Ok(ttl)
+}
+
+fn check_payload(
+    config: &EngineConfig,
+    what: &'static str,
+    size: usize,
+) -> Result<(), InvalidInput> {
+    if size > config.max_payload_bytes {
+        return Err(InvalidInput::PayloadTooLarge {
+            what,
+            size,
+            limit: config.max_payload_bytes,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! A space: one ordered log with its own counter, capacity and watermark.
+//!
+//! Workers call [`Space::grant`] to lease the next slot (or [`Space::grant_many`] for
+//! several in one store round trip); readers call [`Space::watermark`],
+//! [`Space::wait_for`] and [`Space::reader`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use seqlease_core::{
+    Command, Fence, GrantRequest, LeaseError, Reply, SpaceInfo, SpaceName, validate_id,
+    validate_name,
+};
+use tokio::time::Instant;
+
+use crate::barrier::SpaceSignals;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::lease::Lease;
+use crate::reader::LogReader;
+
+/// What to lease: built with [`Grant::new`] and optional settings.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    operation_id: String,
+    projection_type: String,
+    ttl: Option<Duration>,
+    owner: Option<String>,
+    fence: Option<Fence>,
+    wait: Option<Duration>,
+}
+
+impl Grant {
+    /// A slot for operation `operation_id` (the idempotency key) of `projection_type`.
+    pub fn new(operation_id: impl Into<String>, projection_type: impl Into<String>) -> Self {
+        Grant {
+            operation_id: operation_id.into(),
+            projection_type: projection_type.into(),
+            ttl: None,
+            owner: None,
+            fence: None,
+            wait: None,
+        }
+    }
+
+    /// Lease for `ttl` instead of the engine's default.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Record `owner` as the worker instead of the engine's owner.
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// Fence the lease: its commit is refused once `resource` has moved past `epoch`.
+    pub fn fence(mut self, resource: impl Into<String>, epoch: u64) -> Self {
+        self.fence = Some(Fence {
+            resource: resource.into(),
+            epoch,
+        });
+        self
+    }
+
+    /// When the space is at capacity, wait up to `timeout` for a slot instead of failing.
+    pub fn wait(mut self, timeout: Duration) -> Self {
+        self.wait = Some(timeout);
+        self
+    }
+}
+
+/// A handle on one space. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Space {
+    engine: Engine,
+    name: SpaceName,
+    signals: Arc<SpaceSignals>,
+}
+
+impl Space {
+    pub(crate) fn new(engine: Engine, name: SpaceName, signals: Arc<SpaceSignals>) -> Self {
+        Space {
+            engine,
+            name,
+            signals,
+        }
+    }
+
+    /// The space's name.
+    pub fn name(&self) -> &SpaceName {
+        &self.name
+    }
+
+    /// The engine this space belongs to.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Lease the next slot. At capacity this fails at once with
+    /// [`LeaseError::AtCapacity`], or, with [`Grant::wait`], waits (woken when slots resolve).
+    pub async fn grant(&self, grant: Grant) -> Result<Lease> {
+        let wait = grant.wait;
+        let request = self.request(grant)?;
+        let Some(timeout) = wait else {
+            return self.grant_once(request).await;
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            // Register for the wake-up before trying, so a slot freed in between is not missed.
+            let freed = self.signals.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            match self.grant_once(request.clone()).await {
+                Err(Error::Lease(LeaseError::AtCapacity { .. })) => {}
+                other => return other,
+            }
+            let poll = Instant::now() + self.engine.config().external_poll_interval;
+            tokio::select! {
+                _ = &mut freed => {}
+                _ = tokio::time::sleep_until(poll.min(deadline)) => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    space: self.name.clone(),
+                    what: "capacity",
+                    waited: timeout,
+                });
+            }
+        }
+    }
+
+    async fn grant_once(&self, request: GrantRequest) -> Result<Lease> {
+        let started = Instant::now();
+        let ttl = request.ttl;
+        match self.engine.dispatch(Command::Grant(request)).await? {
+            Reply::Granted(record) => Ok(Lease::new(self.engine.clone(), record, started, ttl)),
+            other => unreachable_reply("grant", other),
+        }
+    }
+
+    /// Lease several slots in one store transaction. Each grant succeeds or fails on its
+    /// own (at capacity, the first ones succeed); [`Grant::wait`] is ignored here.
+    pub async fn grant_many(&self, grants: Vec<Grant>) -> Result<Vec<Result<Lease>>> {
+        let requests = grants
+            .into_iter()
+            .map(|g| self.request(g))
+            .collect::<Result<Vec<_>>>()?;
+        let ttls: Vec<Duration> = requests.iter().map(|r| r.ttl).collect();
+        let started = Instant::now();
+        let replies = self
+            .engine
+            .dispatch_many(requests.into_iter().map(Command::Grant).collect())
+            .await?;
+        Ok(replies
+            .into_iter()
+            .zip(ttls)
+            .map(|(reply, ttl)| match reply {
+                Ok(Reply::Granted(record)) => {
+                    Ok(Lease::new(self.engine.clone(), record, started, ttl))
+                }
+                Ok(other) => unreachable_reply("grant", other),
+                Err(e) => Err(e.into()),
+            })
+            .collect())
+    }
+
+    fn request(&self, grant: Grant) -> Result<GrantRequest> {
+        let config = self.engine.config();
+        validate_id("operation id", &grant.operation_id)?;
+        validate_name("projection type", &grant.projection_type)?;
+        let owner = grant.owner.unwrap_or_else(|| config.owner.clone());
+        validate_id("owner", &owner)?;
+        let ttl = crate::lease::check_ttl(config, grant.ttl.unwrap_or(config.default_ttl))?;
+        if let Some(fence) = &grant.fence {
+            validate_name("resource", &fence.resource)?;
+        }
+        Ok(GrantRequest {
+            space: self.name.clone(),
+            operation_id: grant.operation_id,
+            projection_type: grant.projection_type,
+            owner,
+            ttl,
+            fence: grant.fence,
+        })
+    }
+
+    /// The watermark this process has seen: every slot `1..=W` is resolved.
+    pub fn watermark(&self) -> u64 {
+        *self.signals.watermark.borrow()
+    }
+
+    /// Re-read the space from the store (picks up other processes' progress).
+    pub async fn info(&self) -> Result<SpaceInfo> {
+        let info = self
+            .engine
+            .store()
+            .space_info(&self.name)
+            .await?
+            .ok_or_else(|| LeaseError::UnknownSpace {
+                space: self.name.clone(),
+            })?;
+        self.signals.raise_watermark(info.watermark);
+        Ok(info)
+    }
+
+    /// Wait until the watermark reaches `seq` (slot `seq` and all before it are resolved),
+    /// at most `timeout`. Returns the watermark.
+    pub async fn wait_for(&self, seq: u64, timeout: Duration) -> Result<u64> {
+        let deadline = Instant::now() + timeout;
+        let mut rx = self.signals.watermark.subscribe();
+        loop {
+            let w = *rx.borrow_and_update();
+            if w >= seq {
+                return Ok(w);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    space: self.name.clone(),
+                    what: "the watermark",
+                    waited: timeout,
+                });
+            }
+            let poll = Instant::now() + self.engine.config().external_poll_interval;
+            tokio::select! {
+                changed = rx.changed() => { changed.map_err(|_| Error::Closed)?; }
+                _ = tokio::time::sleep_until(poll.min(deadline)) => { self.info().await?; }
+            }
+        }
+    }
+
+    /// A reader of the ordered log from `from` (1 for the beginning), waiting at the barrier.
+    pub fn reader(&self, from: u64) -> LogReader {
+        LogReader::new(self.clone(), from)
+    }
+}
+
+pub(crate) fn unreachable_reply<T>(command: &'static str, reply: Reply) -> Result<T> {
+    // A store that answers a command with another command's reply breaks the contract.
+    Err(Error::Store(seqlease_core::StoreError::Backend {
+        backend: "engine",
+        detail: format!("store answered a {command} with {reply:?}; this is a bug in the store"),
+    }))
+}
