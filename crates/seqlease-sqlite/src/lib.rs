@@ -1,1 +1,193 @@
+//! The SQLite store of seqlease: the embedded default.
+//!
+//! One database file holds every space and slot. [`SqliteStore`] implements
+//! [`seqlease_core::Store`]: it applies each batch of commands from the engine in one
+//! `BEGIN IMMEDIATE` transaction on a single write connection, and serves reads from a
+//! separate pool of read connections. The file is in WAL mode, so readers and the writer do
+//! not block each other, and several processes may open the same file: their write
+//! transactions queue on SQLite's lock (up to the busy timeout) and never allocate the same
+//! seq twice.
+//!
+//! Expiry is decided with the store's clock, which for SQLite is the process clock behind
+//! [`SqliteOptions::clock`]; tests inject a [`seqlease_core::ManualClock`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), seqlease_core::StoreError> {
+//! use seqlease_sqlite::{SqliteOptions, SqliteStore};
+//!
+//! let store = SqliteStore::open("seqlease.db".as_ref(), SqliteOptions::default()).await?;
+//! // hand `store` to the engine …
+//! store.close().await;
+//! # Ok(()) }
+//! ```
+//!
+//! The modules: `open` (connections, pragmas, migrations), `execute` (the batch
+//! transaction), `read` (the ordered log and slots), `spaces` (space rows), `codec` (column
+//! encodings) and `error` (mapping SQLite failures to [`StoreError`]).
 
+#![warn(missing_docs)]
+
+mod codec;
+mod error;
+mod execute;
+mod open;
+mod read;
+mod spaces;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use seqlease_core::{
+    BatchOutcome, BatchingHint, Clock, Command, Entry, SlotView, SpaceConfig, SpaceInfo, SpaceName,
+    Store, StoreError, SystemClock, Timestamp,
+};
+use sqlx::sqlite::SqlitePool;
+
+/// How to open a [`SqliteStore`].
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    /// The store's clock: every expiry decision uses it. [`SystemClock`] in production, a
+    /// [`seqlease_core::ManualClock`] in tests.
+    pub clock: Arc<dyn Clock>,
+    /// Size of the read pool (at least 1).
+    pub read_connections: u32,
+    /// How long a write waits for another connection or process holding the write lock
+    /// before it fails with [`StoreError::Unavailable`].
+    pub busy_timeout: Duration,
+    /// `synchronous = FULL` (every commit is fsynced: survives power loss) instead of the
+    /// default `NORMAL` (survives a crash of the process; the last commits may be lost on
+    /// power loss).
+    pub synchronous_full: bool,
+}
+
+impl Default for SqliteOptions {
+    /// The system clock, 4 read connections, a 5 s busy timeout, `synchronous = NORMAL`.
+    fn default() -> Self {
+        SqliteOptions {
+            clock: Arc::new(SystemClock),
+            read_connections: 4,
+            busy_timeout: Duration::from_secs(5),
+            synchronous_full: false,
+        }
+    }
+}
+
+/// A seqlease store in a SQLite file. Cheap to clone: clones share the connections.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: SqlitePool,
+    readers: SqlitePool,
+    clock: Arc<dyn Clock>,
+    path: PathBuf,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Open the store in the file at `path`, creating the file if it is missing, switching
+    /// it to WAL and applying the schema migrations.
+    ///
+    /// Fails with [`StoreError::Corrupt`] when the file is not a SQLite database or is
+    /// damaged, [`StoreError::Unavailable`] or [`StoreError::Permission`] when it cannot be
+    /// opened or created, and [`StoreError::Schema`] when it was written by a newer seqlease
+    /// or belongs to another application. Every error names the path.
+    pub async fn open(path: &Path, opts: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        let pools = open::open(path, &opts).await?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                writer: pools.writer,
+                readers: pools.readers,
+                clock: opts.clock,
+                path: path.to_path_buf(),
+            }),
+        })
+    }
+
+    /// Open the store named by a URL: `sqlite://PATH` or `sqlite:PATH`
+    /// (`sqlite:///abs/path.db` for an absolute path). See [`SqliteStore::open`].
+    pub async fn open_url(url: &str, opts: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        let path = open::path_from_url(url)?;
+        SqliteStore::open(path, opts).await
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Close every connection, waiting for running calls to finish. Later calls on this
+    /// store (or its clones) fail with [`StoreError::Unavailable`].
+    pub async fn close(&self) {
+        self.inner.writer.close().await;
+        self.inner.readers.close().await;
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        error::BACKEND
+    }
+
+    fn batching(&self) -> BatchingHint {
+        // One writer: one batch at a time, as large as the engine can gather.
+        BatchingHint {
+            group_commit: true,
+            max_batch: 512,
+            max_in_flight: 1,
+        }
+    }
+
+    async fn now(&self) -> Result<Timestamp, StoreError> {
+        Ok(self.inner.clock.now())
+    }
+
+    async fn ensure_space(
+        &self,
+        space: &SpaceName,
+        config: &SpaceConfig,
+    ) -> Result<SpaceInfo, StoreError> {
+        spaces::ensure_space(&self.inner.writer, space, config, self.inner.clock.now()).await
+    }
+
+    async fn space_info(&self, space: &SpaceName) -> Result<Option<SpaceInfo>, StoreError> {
+        spaces::space_info(&self.inner.readers, space).await
+    }
+
+    async fn list_spaces(&self) -> Result<Vec<SpaceInfo>, StoreError> {
+        spaces::list_spaces(&self.inner.readers).await
+    }
+
+    async fn execute(&self, commands: Vec<Command>) -> Result<BatchOutcome, StoreError> {
+        if commands.is_empty() {
+            return Ok(BatchOutcome::default());
+        }
+        execute::execute(&self.inner.writer, self.inner.clock.now(), commands).await
+    }
+
+    async fn read(
+        &self,
+        space: &SpaceName,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        read::read(&self.inner.readers, space, from, limit).await
+    }
+
+    async fn slot(&self, space: &SpaceName, seq: u64) -> Result<Option<SlotView>, StoreError> {
+        read::slot(&self.inner.readers, space, seq).await
+    }
+}

@@ -1,0 +1,284 @@
+//! Opening a store file: connections, pragmas and migrations.
+//!
+//! A SQLite database allows one writer at a time, so the store keeps exactly **one write
+//! connection** (a pool of one) and a separate **read pool**. In WAL mode readers never block
+//! the writer and the writer never blocks readers; readers see the last committed state.
+//!
+//! Every connection gets `busy_timeout` (a writer in another process holding the lock is
+//! waited for, not reported at once) and `foreign_keys = ON`. The write connection turns on
+//! WAL (a persistent property of the file) and `synchronous = NORMAL`, or `FULL` when asked:
+//! with NORMAL a commit survives a crash of the process but the last commits may be lost on a
+//! power failure; FULL also survives that, at the cost of an fsync per transaction. Read
+//! connections are `query_only`.
+//!
+//! Before the pools are handed out the schema is brought up to date with the migrations in
+//! `migrations/sqlite/`, embedded at compile time. A database touched by a newer seqlease
+//! (it has applied migrations this binary does not know) is refused with
+//! [`StoreError::Schema`] rather than written to, and so is a SQLite file that belongs to
+//! some other application.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use seqlease_core::StoreError;
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Row};
+
+use crate::SqliteOptions;
+use crate::error::{BACKEND, map_open};
+
+/// The schema migrations, embedded in the binary.
+static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
+
+/// The two pools of an open store.
+pub(crate) struct Pools {
+    /// One connection; every write transaction goes through it.
+    pub writer: SqlitePool,
+    /// `read_connections` query-only connections.
+    pub readers: SqlitePool,
+}
+
+/// Turn a store URL into a file path: `sqlite://PATH` or `sqlite:PATH`.
+pub(crate) fn path_from_url(url: &str) -> Result<&Path, StoreError> {
+    let bad = |reason: &str| StoreError::BadUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| bad("a SQLite store URL starts with sqlite://"))?;
+    if rest.is_empty() {
+        return Err(bad("the URL names no database file"));
+    }
+    if rest == ":memory:" || rest.starts_with("file:") {
+        return Err(bad(
+            "in-memory SQLite databases are not supported; use a file or the memory store",
+        ));
+    }
+    if rest.contains('?') {
+        return Err(bad(
+            "URL parameters are not supported; the store sets its own pragmas (use SqliteOptions)",
+        ));
+    }
+    Ok(Path::new(rest))
+}
+
+/// Open (creating if missing) the database at `path`, migrate it and build both pools.
+pub(crate) async fn open(path: &Path, opts: &SqliteOptions) -> Result<Pools, StoreError> {
+    let base = SqliteConnectOptions::new()
+        .filename(path)
+        .busy_timeout(opts.busy_timeout)
+        .foreign_keys(true)
+        .synchronous(if opts.synchronous_full {
+            SqliteSynchronous::Full
+        } else {
+            SqliteSynchronous::Normal
+        })
+        // Statements are logged by our own tracing spans, not once per query by sqlx.
+        .disable_statement_logging();
+
+    let writer = SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        // The writer is used for every batch: no ping before each use, no recycling (a new
+        // connection would start with a cold statement cache).
+        .test_before_acquire(false)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connect_with(
+            base.clone()
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal),
+        )
+        .await
+        .map_err(|e| map_open(e, path))?;
+
+    if let Err(e) = migrate(&writer, path).await {
+        writer.close().await;
+        return Err(e);
+    }
+
+    let readers = SqlitePoolOptions::new()
+        .max_connections(opts.read_connections.max(1))
+        .min_connections(1)
+        .test_before_acquire(false)
+        .max_lifetime(None)
+        .connect_with(base.pragma("query_only", "ON"))
+        .await;
+    let readers = match readers {
+        Ok(pool) => pool,
+        Err(e) => {
+            writer.close().await;
+            return Err(map_open(e, path));
+        }
+    };
+    tracing::debug!(path = %path.display(), "opened sqlite store");
+    Ok(Pools { writer, readers })
+}
+
+/// Where the database's schema stands relative to this binary's migrations.
+#[derive(Debug, PartialEq, Eq)]
+enum SchemaState {
+    /// Some (or all) of this binary's migrations are still to be applied.
+    Behind,
+    /// Every migration this binary knows is applied, and nothing else.
+    Current,
+}
+
+/// Apply the embedded migrations, refusing databases that are newer or not ours.
+async fn migrate(writer: &SqlitePool, path: &Path) -> Result<(), StoreError> {
+    let mut conn = writer.acquire().await.map_err(|e| map_open(e, path))?;
+    if schema_state(&mut conn, path).await? == SchemaState::Current {
+        return Ok(());
+    }
+    match MIGRATOR.run(&mut *conn).await {
+        Ok(()) => Ok(()),
+        // Another process opening the same new file may have applied the same migrations
+        // between our check and our run; then the schema is current and all is well.
+        Err(e) => match schema_state(&mut conn, path).await {
+            Ok(SchemaState::Current) => Ok(()),
+            _ => Err(map_migrate(e, path)),
+        },
+    }
+}
+
+/// Inspect `_sqlx_migrations` (and the table list) without changing anything.
+async fn schema_state(conn: &mut SqliteConnection, path: &Path) -> Result<SchemaState, StoreError> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| map_open(e, path))?;
+
+    if !tables.iter().any(|t| t == "_sqlx_migrations") {
+        if tables.is_empty() {
+            return Ok(SchemaState::Behind);
+        }
+        return Err(StoreError::Schema {
+            backend: BACKEND,
+            detail: format!(
+                "{} is a SQLite database of another application (it has tables but no seqlease migration history); point the store at a new or seqlease-owned file",
+                path.display()
+            ),
+        });
+    }
+
+    let rows = sqlx::query("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| map_open(e, path))?;
+    let known: BTreeSet<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+    let newest_known = known.last().copied().unwrap_or(0);
+    let mut applied = BTreeSet::new();
+    for row in rows {
+        let version: i64 = row.try_get(0).map_err(|e| map_open(e, path))?;
+        let success: bool = row.try_get(1).map_err(|e| map_open(e, path))?;
+        if !known.contains(&version) {
+            let detail = if version > newest_known {
+                format!(
+                    "{} was written by a newer seqlease (schema migration {version}; this binary knows up to {newest_known}); upgrade the seqlease binary to open it",
+                    path.display()
+                )
+            } else {
+                format!(
+                    "{} has schema migration {version} applied, which this binary does not know; it was written by a different seqlease build: use that build or restore a backup",
+                    path.display()
+                )
+            };
+            return Err(StoreError::Schema {
+                backend: BACKEND,
+                detail,
+            });
+        }
+        if !success {
+            return Err(StoreError::Schema {
+                backend: BACKEND,
+                detail: format!(
+                    "{}: schema migration {version} failed part-way earlier; restore the file from a backup",
+                    path.display()
+                ),
+            });
+        }
+        applied.insert(version);
+    }
+    Ok(if applied == known {
+        SchemaState::Current
+    } else {
+        SchemaState::Behind
+    })
+}
+
+fn map_migrate(e: MigrateError, path: &Path) -> StoreError {
+    match e {
+        MigrateError::Execute(inner) => map_open(inner, path),
+        MigrateError::ExecuteMigration(inner, version) => match map_open(inner, path) {
+            corrupt @ StoreError::Corrupt { .. } => corrupt,
+            other => StoreError::Schema {
+                backend: BACKEND,
+                detail: format!(
+                    "{}: schema migration {version} failed: {other}",
+                    path.display()
+                ),
+            },
+        },
+        MigrateError::VersionMissing(version) => StoreError::Schema {
+            backend: BACKEND,
+            detail: format!(
+                "{} was written by a newer seqlease (schema migration {version} is unknown to this binary); upgrade the seqlease binary to open it",
+                path.display()
+            ),
+        },
+        MigrateError::VersionMismatch(version) => StoreError::Schema {
+            backend: BACKEND,
+            detail: format!(
+                "{}: schema migration {version} was applied from a different definition than this binary's; it was written by a different seqlease build",
+                path.display()
+            ),
+        },
+        other => StoreError::Schema {
+            backend: BACKEND,
+            detail: format!("{}: migrating the schema failed: {other}", path.display()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_a_file() {
+        assert_eq!(
+            path_from_url("sqlite://data/seq.db").unwrap(),
+            Path::new("data/seq.db")
+        );
+        assert_eq!(
+            path_from_url("sqlite:///abs/seq.db").unwrap(),
+            Path::new("/abs/seq.db")
+        );
+        assert_eq!(path_from_url("sqlite:seq.db").unwrap(), Path::new("seq.db"));
+        for bad in [
+            "postgres://x/y",
+            "sqlite://",
+            "sqlite::memory:",
+            "sqlite://a.db?mode=ro",
+            "a.db",
+        ] {
+            assert!(
+                matches!(path_from_url(bad), Err(StoreError::BadUrl { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn migrations_are_embedded() {
+        assert!(MIGRATOR.iter().count() >= 1);
+    }
+}
