@@ -189,6 +189,9 @@ impl EngineBuilder {
             }
         };
         let spaces = Arc::new(Spaces::default());
+        let listener_spaces = spaces.clone();
+        let cross_process = store.listen(Arc::new(move |p| listener_spaces.apply_progress(p)));
+        tracing::debug!(backend = store.backend(), cross_process, "engine built");
         let group_commit = config.group_commit.unwrap_or(store.batching().group_commit);
         let dispatcher = Dispatcher::new(store.clone(), spaces.clone(), group_commit);
         Ok(Engine {

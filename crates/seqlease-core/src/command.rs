@@ -159,7 +159,11 @@ impl BatchOutcome {
     pub fn note_freed(&mut self, space: &SpaceName) {
         match self.progress.iter_mut().find(|p| &p.space == space) {
             Some(p) => p.freed += 1,
-            None => self.progress.push(SpaceProgress { space: space.clone(), watermark: 0, freed: 1 }),
+            None => self.progress.push(SpaceProgress {
+                space: space.clone(),
+                watermark: 0,
+                freed: 1,
+            }),
         }
     }
 

@@ -21,7 +21,9 @@ use crate::types::SlotState;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum InvalidInput {
     /// A name or identifier failed validation.
-    #[error("invalid {what} name {name:?}: {reason}; use 1-128 characters from [A-Za-z0-9_.-] for names, 1-512 printable characters for ids")]
+    #[error(
+        "invalid {what} name {name:?}: {reason}; use 1-128 characters from [A-Za-z0-9_.-] for names, 1-512 printable characters for ids"
+    )]
     Name {
         /// Which field ("space", "projection type", "operation id", …).
         what: &'static str,
@@ -31,7 +33,9 @@ pub enum InvalidInput {
         reason: &'static str,
     },
     /// A TTL outside the configured bounds.
-    #[error("invalid TTL {ttl:?}: it must be between {min:?} and {max:?}; pick a TTL a little longer than the work takes and renew for longer work")]
+    #[error(
+        "invalid TTL {ttl:?}: it must be between {min:?} and {max:?}; pick a TTL a little longer than the work takes and renew for longer work"
+    )]
     Ttl {
         /// The TTL asked for.
         ttl: Duration,
@@ -41,7 +45,9 @@ pub enum InvalidInput {
         max: Duration,
     },
     /// A payload larger than the configured limit.
-    #[error("{what} of {size} bytes exceeds the limit of {limit} bytes; store large data elsewhere and commit a reference, or raise the engine's max_payload_bytes")]
+    #[error(
+        "{what} of {size} bytes exceeds the limit of {limit} bytes; store large data elsewhere and commit a reference, or raise the engine's max_payload_bytes"
+    )]
     PayloadTooLarge {
         /// What was too large ("operation payload", "partial work").
         what: &'static str,
@@ -78,7 +84,9 @@ pub enum LeaseError {
         seq: u64,
     },
     /// The token does not match the slot's lease.
-    #[error("wrong token for slot {space}/{seq}: this lease belongs to another holder; only the worker that was granted the slot may act on it")]
+    #[error(
+        "wrong token for slot {space}/{seq}: this lease belongs to another holder; only the worker that was granted the slot may act on it"
+    )]
     WrongToken {
         /// The space.
         space: SpaceName,
@@ -86,7 +94,9 @@ pub enum LeaseError {
         seq: u64,
     },
     /// The lease expired by the store's clock; the cleanup service owns the slot now.
-    #[error("lease on {space}/{seq} expired at {expired_at} (store clock now {now}); the slot is left to recovery: renew earlier or use a longer TTL")]
+    #[error(
+        "lease on {space}/{seq} expired at {expired_at} (store clock now {now}); the slot is left to recovery: renew earlier or use a longer TTL"
+    )]
     Expired {
         /// The space.
         space: SpaceName,
@@ -108,7 +118,9 @@ pub enum LeaseError {
         state: SlotState,
     },
     /// The space has as many in-flight leases as its capacity allows.
-    #[error("space {space} is at capacity ({capacity} leases in flight); wait for slots to resolve (grant with a wait timeout) or raise the space's capacity")]
+    #[error(
+        "space {space} is at capacity ({capacity} leases in flight); wait for slots to resolve (grant with a wait timeout) or raise the space's capacity"
+    )]
     AtCapacity {
         /// The space.
         space: SpaceName,
@@ -116,7 +128,9 @@ pub enum LeaseError {
         capacity: u32,
     },
     /// The fence epoch is no longer current (I9).
-    #[error("stale epoch rejected for {resource}: current {current}, attempted {attempted}; another holder owns the resource now, stop writing")]
+    #[error(
+        "stale epoch rejected for {resource}: current {current}, attempted {attempted}; another holder owns the resource now, stop writing"
+    )]
     StaleEpoch {
         /// The resource.
         resource: String,
@@ -131,7 +145,9 @@ pub enum LeaseError {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum StoreError {
     /// The backend could not be reached (connection refused, pool closed, timeout).
-    #[error("{backend} store unavailable: {detail}; check that the database is running and reachable, then retry")]
+    #[error(
+        "{backend} store unavailable: {detail}; check that the database is running and reachable, then retry"
+    )]
     Unavailable {
         /// "memory", "sqlite", "postgres".
         backend: &'static str,
@@ -139,7 +155,9 @@ pub enum StoreError {
         detail: String,
     },
     /// The database file or server data is not a seqlease database or is damaged.
-    #[error("{backend} store is corrupt or not a database: {detail}; restore it from a backup or point --db at the right file")]
+    #[error(
+        "{backend} store is corrupt or not a database: {detail}; restore it from a backup or point --db at the right file"
+    )]
     Corrupt {
         /// Backend.
         backend: &'static str,
@@ -155,7 +173,9 @@ pub enum StoreError {
         detail: String,
     },
     /// The connection is not allowed to do what seqlease needs.
-    #[error("{backend} permission denied: {detail}; grant the role the privileges listed in docs/operations.md")]
+    #[error(
+        "{backend} permission denied: {detail}; grant the role the privileges listed in docs/operations.md"
+    )]
     Permission {
         /// Backend.
         backend: &'static str,
@@ -163,7 +183,9 @@ pub enum StoreError {
         detail: String,
     },
     /// The store URL could not be understood.
-    #[error("unsupported store URL {url:?}: {reason}; use memory, sqlite://PATH or postgres://USER@HOST/DB")]
+    #[error(
+        "unsupported store URL {url:?}: {reason}; use memory, sqlite://PATH or postgres://USER@HOST/DB"
+    )]
     BadUrl {
         /// The URL given.
         url: String,

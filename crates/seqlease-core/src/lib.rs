@@ -20,7 +20,7 @@ pub use command::{
 };
 pub use error::{InvalidInput, LeaseError, StoreError};
 pub use name::{SpaceName, validate_id, validate_name};
-pub use store::{BatchingHint, SlotView, Store};
+pub use store::{BatchingHint, ProgressListener, SlotView, Store};
 pub use time::{Clock, ManualClock, SystemClock, TimeControl, Timestamp};
 pub use types::{
     Entry, EntryContent, Fence, Gap, GapReason, GrantRequest, LeaseRecord, Operation,

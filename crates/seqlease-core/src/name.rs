@@ -62,14 +62,21 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<(), InvalidInput>
         Some("it is empty")
     } else if name.len() > MAX_NAME_LEN {
         Some("it is longer than 128 characters")
-    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
         Some("only letters, digits, '_', '.' and '-' are allowed")
     } else {
         None
     };
     match reason {
         None => Ok(()),
-        Some(reason) => Err(InvalidInput::Name { what, name: truncate_for_display(name), reason }),
+        Some(reason) => Err(InvalidInput::Name {
+            what,
+            name: truncate_for_display(name),
+            reason,
+        }),
     }
 }
 
@@ -86,7 +93,11 @@ pub fn validate_id(what: &'static str, id: &str) -> Result<(), InvalidInput> {
     };
     match reason {
         None => Ok(()),
-        Some(reason) => Err(InvalidInput::Name { what, name: truncate_for_display(id), reason }),
+        Some(reason) => Err(InvalidInput::Name {
+            what,
+            name: truncate_for_display(id),
+            reason,
+        }),
     }
 }
 
@@ -115,7 +126,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_names_with_reason() {
-        for bad in ["", "has space", "semi;colon", "ünï", &"x".repeat(129), "drop table--'"] {
+        for bad in [
+            "",
+            "has space",
+            "semi;colon",
+            "ünï",
+            &"x".repeat(129),
+            "drop table--'",
+        ] {
             let err = SpaceName::new(bad).unwrap_err();
             assert!(err.to_string().contains("space name"), "{err}");
         }

@@ -43,7 +43,7 @@
 
 use async_trait::async_trait;
 
-use crate::command::{BatchOutcome, Command};
+use crate::command::{BatchOutcome, Command, SpaceProgress};
 use crate::error::StoreError;
 use crate::name::SpaceName;
 use crate::time::Timestamp;
@@ -54,7 +54,6 @@ use crate::{
     command::{CommitStatus, ReleaseOutcome},
     error::LeaseError,
 };
-
 
 /// How the engine should feed a store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +79,9 @@ pub struct SlotView {
     /// Recorded completed result.
     pub result: Option<OperationBody>,
 }
+
+/// Receives progress made by *other* processes (see [`Store::listen`]).
+pub type ProgressListener = std::sync::Arc<dyn Fn(&[SpaceProgress]) + Send + Sync>;
 
 /// A seqlease backend. See the module docs for the contract.
 #[async_trait]
@@ -119,4 +121,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// One slot, whatever its state; `None` if never granted.
     async fn slot(&self, space: &SpaceName, seq: u64) -> Result<Option<SlotView>, StoreError>;
+
+    /// Register `listener` for progress that other processes make on this database
+    /// (PostgreSQL: LISTEN/NOTIFY). Returns `false` when the store cannot notify across
+    /// processes; the engine then relies on its slow fallback re-read. Progress of batches
+    /// executed through this store object is *also* reported in [`BatchOutcome`]; listeners
+    /// may see it twice, which is harmless because watermarks only move up.
+    fn listen(&self, listener: ProgressListener) -> bool {
+        let _ = listener;
+        false
+    }
 }

@@ -43,7 +43,12 @@ impl fmt::Debug for Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{:06}s", self.0.div_euclid(1_000_000), self.0.rem_euclid(1_000_000))
+        write!(
+            f,
+            "{}.{:06}s",
+            self.0.div_euclid(1_000_000),
+            self.0.rem_euclid(1_000_000)
+        )
     }
 }
 
@@ -64,7 +69,9 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let d = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         Timestamp(duration_micros(d))
     }
 }
@@ -92,7 +99,9 @@ impl ManualClock {
 
     /// A manual clock starting at `start`.
     pub fn starting_at(start: Timestamp) -> Self {
-        ManualClock { micros: AtomicI64::new(start.0) }
+        ManualClock {
+            micros: AtomicI64::new(start.0),
+        }
     }
 
     /// Set the clock to `t` (may go backwards, to simulate a clock step).

@@ -106,7 +106,11 @@ pub struct OperationBody {
 impl OperationBody {
     /// A body of `kind` with `payload`.
     pub fn new(kind: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
-        OperationBody { kind: kind.into(), payload: payload.into(), source_event_id: None }
+        OperationBody {
+            kind: kind.into(),
+            payload: payload.into(),
+            source_event_id: None,
+        }
     }
 
     /// Record the event this operation came from.
