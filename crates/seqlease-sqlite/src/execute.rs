@@ -19,6 +19,9 @@
 //! - The watermark is recomputed once per space, and only if a slot of it left LEASED, with
 //!   `MIN(seq)` over the partial index of LEASED slots.
 //!
+//! A slot that resolves drops its recorded partial work and result: the operation or gap
+//! it resolved to is what remains.
+//!
 //! A refused command ([`LeaseError`]) writes nothing and does not affect the others; any
 //! database error aborts the batch, and dropping the transaction rolls everything back.
 
@@ -232,7 +235,8 @@ impl Batch {
             return Ok(Ok(Reply::Released(ReleaseOutcome::HandedToRecovery)));
         }
         sqlx::query(
-            "UPDATE slots SET state = ?1, gap_reason = ?2, gap_detail = ?3, resolved_at = ?4 \
+            "UPDATE slots SET state = ?1, gap_reason = ?2, gap_detail = ?3, resolved_at = ?4, \
+             partial = NULL, result_kind = NULL, result_payload = NULL, result_source_event = NULL \
              WHERE space_id = ?5 AND seq = ?6",
         )
         .bind(state::GAP)
@@ -328,6 +332,7 @@ impl Batch {
         // (When fencing is checked, its condition joins this guard.)
         let hit = sqlx::query(
             "UPDATE OR IGNORE slots SET state = ?1, resolved_at = ?2, committed_op_id = operation_id, \
+             partial = NULL, result_kind = NULL, result_payload = NULL, result_source_event = NULL, \
              op_kind = ?3, op_payload = ?4, op_source_event = ?5 \
              WHERE space_id = ?6 AND seq = ?7 AND token = ?8 AND state = ?9 AND expires_at > ?2",
         )
@@ -373,7 +378,8 @@ impl Batch {
         .map_err(map_sqlx)?;
         if let Some(existing) = existing {
             sqlx::query(
-                "UPDATE slots SET state = ?1, gap_reason = ?2, superseded_by = ?3, resolved_at = ?4 \
+                "UPDATE slots SET state = ?1, gap_reason = ?2, superseded_by = ?3, resolved_at = ?4, \
+                 partial = NULL, result_kind = NULL, result_payload = NULL, result_source_event = NULL \
                  WHERE space_id = ?5 AND seq = ?6",
             )
             .bind(state::GAP)
@@ -394,6 +400,7 @@ impl Batch {
         }
         sqlx::query(
             "UPDATE slots SET state = ?1, resolved_at = ?2, committed_op_id = operation_id, \
+             partial = NULL, result_kind = NULL, result_payload = NULL, result_source_event = NULL, \
              op_kind = ?3, op_payload = ?4, op_source_event = ?5 WHERE space_id = ?6 AND seq = ?7",
         )
         .bind(state::COMMITTED)
@@ -479,8 +486,9 @@ impl Batch {
         Ok(Check::Live)
     }
 
-    /// Resolve `key` to a cached space and a seq column value, or refuse: a space that does
-    /// not exist or a seq beyond SQLite's range holds no slot.
+    /// Resolve `key` to a cached space and a seq column value, or refuse: the space does not
+    /// exist ([`LeaseError::UnknownSpace`]), or the seq is beyond SQLite's range, so no such
+    /// slot can exist ([`LeaseError::UnknownSlot`]).
     async fn locate(
         &mut self,
         conn: &mut SqliteConnection,
@@ -491,7 +499,9 @@ impl Batch {
             seq: key.seq,
         };
         let Some(space) = self.space(conn, &key.space).await? else {
-            return Ok(Err(unknown()));
+            return Ok(Err(LeaseError::UnknownSpace {
+                space: key.space.clone(),
+            }));
         };
         Ok(seq_param(key.seq)
             .map(|seq| Target { space, seq })

@@ -191,3 +191,20 @@ impl Store for SqliteStore {
         read::slot(&self.inner.readers, space, seq).await
     }
 }
+
+#[cfg(test)]
+mod send_tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// The engine opens stores inside spawned tasks and `async_trait` futures: the futures of
+    /// the public async API must be `Send`.
+    #[test]
+    fn public_futures_are_send() {
+        let open = SqliteStore::open(Path::new("unused.db"), SqliteOptions::default());
+        assert_send(&open);
+        let open_url = SqliteStore::open_url("sqlite://unused.db", SqliteOptions::default());
+        assert_send(&open_url);
+    }
+}

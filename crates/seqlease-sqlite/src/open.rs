@@ -136,7 +136,11 @@ async fn migrate(writer: &SqlitePool, path: &Path) -> Result<(), StoreError> {
     if schema_state(&mut conn, path).await? == SchemaState::Current {
         return Ok(());
     }
-    match MIGRATOR.run(&mut *conn).await {
+    // `run_direct` is `Migrator::run` on a connection we already hold. `run` itself is
+    // generic over `Acquire<'a>`, which makes the future of `open` fail to be `Send` for all
+    // lifetimes (rustc's higher-ranked auto-trait limitation; sqlx keeps `run_direct` public
+    // for exactly this). Not skipping, no target: apply everything that is pending.
+    match MIGRATOR.run_direct(None, &mut *conn, false).await {
         Ok(()) => Ok(()),
         // Another process opening the same new file may have applied the same migrations
         // between our check and our run; then the schema is current and all is well.

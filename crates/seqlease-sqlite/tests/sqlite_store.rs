@@ -716,7 +716,7 @@ async fn wrong_token_and_unknown_slot_are_refused_without_writing() {
     ));
     assert!(matches!(
         &out.replies[4],
-        Err(LeaseError::UnknownSlot { seq: 1, .. })
+        Err(LeaseError::UnknownSpace { space }) if space.as_str() == "elsewhere"
     ));
     assert!(matches!(
         &out.replies[5],
@@ -986,4 +986,32 @@ async fn store_reports_its_backend_clock_and_batching() {
     // Usable as a trait object, as the engine holds it.
     let dynamic: Arc<dyn Store> = Arc::new(store);
     assert_eq!(dynamic.backend(), "sqlite");
+}
+
+#[tokio::test]
+async fn resolving_a_slot_drops_its_recorded_work() {
+    let (_dir, _clock, store, name) = fixture(10).await;
+    let lease = grant_one(&store, &name, "op-1").await;
+    let out = store
+        .execute(vec![
+            Command::RecordPartial {
+                key: key(&lease),
+                data: b"checkpoint".to_vec(),
+            },
+            Command::RecordResult {
+                key: key(&lease),
+                body: OperationBody::new("update", b"r".to_vec()),
+            },
+            commit(&lease, "final"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(committed(&out.replies[2]).status, CommitStatus::Committed);
+    let view = store.slot(&name, 1).await.unwrap().unwrap();
+    assert_eq!(
+        (view.state, view.partial, view.result),
+        (SlotState::Committed, None, None)
+    );
+    let entries = store.read(&name, 1, 10).await.unwrap();
+    assert_eq!(entries[0].operation().unwrap().body.payload, b"final");
 }
