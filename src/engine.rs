@@ -189,8 +189,13 @@ impl EngineBuilder {
             }
         };
         let spaces = Arc::new(Spaces::default());
-        let listener_spaces = spaces.clone();
-        let cross_process = store.listen(Arc::new(move |p| listener_spaces.apply_progress(p)));
+        // Weak: a store shared by several engines must not keep a dropped engine's waiters alive.
+        let listener_spaces = Arc::downgrade(&spaces);
+        let cross_process = store.listen(Arc::new(move |p| {
+            if let Some(spaces) = listener_spaces.upgrade() {
+                spaces.apply_progress(p);
+            }
+        }));
         tracing::debug!(backend = store.backend(), cross_process, "engine built");
         let group_commit = config.group_commit.unwrap_or(store.batching().group_commit);
         let dispatcher = Dispatcher::new(store.clone(), spaces.clone(), group_commit);

@@ -1,0 +1,228 @@
+//! `seqlease bench`: end-to-end load on a store, with a baseline measured in the same run.
+//!
+//! N workers each loop grant → commit for the given duration. Commit latency (call to
+//! return) and grant latency go into HDR histograms. With `--baseline` the same run also
+//! measures the floor the store sits on, so the figure is a ratio, not a number from a noisy
+//! shared machine:
+//! - memory: N tasks doing the bare data-structure work of a cycle (insert + update in a
+//!   mutex-protected map);
+//! - sqlite: one INSERT per transaction in a plain loop on a file in the same directory, WAL,
+//!   synchronous=NORMAL;
+//! - postgres: use `pgbench -N` (see docs/benchmarks.md).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use seqlease::{DEFAULT_URL, Engine, Grant, OperationBody, SpaceConfig};
+use serde_json::json;
+
+use crate::progress::Ticker;
+
+/// Arguments of `seqlease bench`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The store: memory, sqlite://PATH, postgres://USER@HOST/DB.
+    #[arg(long, env = "SEQLEASE_DB", default_value = DEFAULT_URL)]
+    db: String,
+    /// Concurrent workers.
+    #[arg(long, default_value_t = 16)]
+    workers: usize,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Payload bytes per operation.
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Also measure the store's baseline in the same run and report the ratio.
+    #[arg(long)]
+    baseline: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+struct WorkerStats {
+    cycles: u64,
+    commit: Histogram<u64>,
+    grant: Histogram<u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid")
+}
+
+pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    anyhow::ensure!(args.workers >= 1, "--workers must be at least 1");
+    anyhow::ensure!(args.duration > 0.0 && args.duration <= 3600.0, "--duration must be in (0, 3600] seconds");
+    let duration = Duration::from_secs_f64(args.duration);
+    let engine = Engine::builder().url(&args.db).owner("seqlease-bench").build().await?;
+    let backend = engine.store().backend();
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    let capacity = (args.workers as u32 * 4).max(64);
+    let space = engine.space_with(&format!("bench-{ms}"), SpaceConfig { capacity }).await?;
+    eprintln!("bench: {} workers for {:.1} s on {backend} ({})", args.workers, args.duration, args.db);
+
+    let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let ticker = {
+        let total = total.clone();
+        let started = Instant::now();
+        Ticker::start(Duration::from_secs(1), move || {
+            let n = total.load(std::sync::atomic::Ordering::Relaxed);
+            format!("bench: {n} cycles, {:.0}/s", n as f64 / started.elapsed().as_secs_f64())
+        })
+    };
+    let payload = vec![b'x'; args.payload];
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for w in 0..args.workers {
+        let (space, payload, total) = (space.clone(), payload.clone(), total.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut stats = WorkerStats { cycles: 0, commit: histogram(), grant: histogram() };
+            let owner = format!("bench-{w}");
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                let mut lease = space
+                    .grant(Grant::new(format!("w{w}-{}", stats.cycles), "bench").owner(&owner).wait(Duration::from_secs(30)))
+                    .await?;
+                let t1 = Instant::now();
+                lease.commit(OperationBody::new("bench", payload.clone())).await?;
+                let t2 = Instant::now();
+                stats.grant.saturating_record(micros(t1 - t0));
+                stats.commit.saturating_record(micros(t2 - t1));
+                stats.cycles += 1;
+                total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            anyhow::Ok(stats)
+        }));
+    }
+    let mut commit = histogram();
+    let mut grant = histogram();
+    let mut cycles = 0;
+    for t in tasks {
+        let s = t.await??;
+        cycles += s.cycles;
+        commit.add(&s.commit)?;
+        grant.add(&s.grant)?;
+    }
+    let elapsed = started.elapsed();
+    drop(ticker);
+    let cycles_per_sec = cycles as f64 / elapsed.as_secs_f64();
+
+    let baseline = if args.baseline { Some(measure_baseline(&args.db, backend, args.workers, duration).await?) } else { None };
+    let summary = json!({
+        "store": backend,
+        "workers": args.workers,
+        "duration_s": elapsed.as_secs_f64(),
+        "cycles": cycles,
+        "cycles_per_sec": cycles_per_sec.round(),
+        "p50_us": commit.value_at_quantile(0.50),
+        "p99_us": commit.value_at_quantile(0.99),
+        "max_us": commit.max(),
+        "grant_p50_us": grant.value_at_quantile(0.50),
+        "grant_p99_us": grant.value_at_quantile(0.99),
+        "payload_bytes": args.payload,
+        "baseline": baseline.as_ref().map(|(name, per_sec)| json!({ "name": name, "per_sec": per_sec.round() })),
+        "ratio_to_baseline": baseline.as_ref().map(|(_, b)| (cycles_per_sec / b * 1000.0).round() / 1000.0),
+        "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "os": std::env::consts::OS, "arch": std::env::consts::ARCH },
+        "commit": git_commit(),
+    });
+    if args.json {
+        println!("{summary}");
+    } else {
+        println!("store        {backend}, {} workers, {:.2} s", args.workers, elapsed.as_secs_f64());
+        println!("throughput   {cycles} grant→commit cycles, {:.0} cycles/s", cycles_per_sec);
+        println!(
+            "commit       p50 {} µs, p99 {} µs, max {} µs",
+            summary["p50_us"], summary["p99_us"], summary["max_us"]
+        );
+        println!("grant        p50 {} µs, p99 {} µs", summary["grant_p50_us"], summary["grant_p99_us"]);
+        if let Some((name, per_sec)) = &baseline {
+            println!("baseline     {name}: {per_sec:.0}/s → ratio {}", summary["ratio_to_baseline"]);
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros().min(u64::MAX as u128) as u64
+}
+
+fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+async fn measure_baseline(db: &str, backend: &str, workers: usize, duration: Duration) -> anyhow::Result<(String, f64)> {
+    eprintln!("bench: measuring the {backend} baseline for {:.1} s", duration.as_secs_f64());
+    match backend {
+        "memory" => Ok(("mutex-map insert+update cycle".into(), memory_baseline(workers, duration).await)),
+        "sqlite" => {
+            let path = db.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+            let dir = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            Ok(("sqlite one INSERT per transaction loop".into(), sqlite_baseline(dir, duration).await?))
+        }
+        other => anyhow::bail!("no in-process baseline for {other}; compare with `pgbench -N` as docs/benchmarks.md shows"),
+    }
+}
+
+/// The bare work of a cycle on shared memory: insert a slot, then update it.
+async fn memory_baseline(workers: usize, duration: Duration) -> f64 {
+    let map: Arc<Mutex<HashMap<u64, Vec<u8>>>> = Arc::default();
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (map, next) = (map.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                for _ in 0..64 {
+                    let seq = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    map.lock().insert(seq, Vec::new());
+                    tokio::task::yield_now().await;
+                    if let Some(v) = map.lock().get_mut(&seq) {
+                        v.extend_from_slice(b"payload");
+                    }
+                    n += 1;
+                }
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap_or(0);
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// One INSERT per transaction in a plain loop: what a naive durable log gets on this disk.
+async fn sqlite_baseline(dir: &Path, duration: Duration) -> anyhow::Result<f64> {
+    use sqlx::ConnectOptions;
+    let path = dir.join(format!("seqlease-baseline-{}.db", std::process::id()));
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal);
+    let mut conn = opts.connect().await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v BLOB NOT NULL)").execute(&mut conn).await?;
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < duration {
+        sqlx::query("INSERT INTO t (v) VALUES (?)").bind(&b"payload"[..]).execute(&mut conn).await?;
+        n += 1;
+    }
+    let per_sec = n as f64 / started.elapsed().as_secs_f64();
+    drop(conn);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    Ok(per_sec)
+}
