@@ -197,6 +197,9 @@ impl EngineBuilder {
             }
         }));
         tracing::debug!(backend = store.backend(), cross_process, "engine built");
+        // Lets stores that can see a process die (PostgreSQL) expire this engine's leases
+        // sooner than their TTL if it crashes.
+        store.register_owner(&config.owner).await?;
         let group_commit = config.group_commit.unwrap_or(store.batching().group_commit);
         let dispatcher = Dispatcher::new(store.clone(), spaces.clone(), group_commit);
         Ok(Engine {

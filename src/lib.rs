@@ -64,6 +64,9 @@ pub use seqlease_core::{
 pub use seqlease_core as core;
 /// The in-memory store.
 pub use seqlease_memory::MemoryStore;
+/// The PostgreSQL store.
+#[cfg(feature = "postgres")]
+pub use seqlease_postgres::{PgClock, PgOptions, PgStore};
 /// The SQLite store.
 #[cfg(feature = "sqlite")]
 pub use seqlease_sqlite::{SqliteOptions, SqliteStore};

@@ -1,8 +1,8 @@
 //! Opening a store from the one `--db` URL every tool uses.
 //!
 //! `memory` (or `memory://`) is the in-memory store; `sqlite://PATH` (or `sqlite:PATH`) the
-//! embedded SQLite store, created if missing. PostgreSQL URLs are recognised and refused
-//! with a clear message until that store is built in.
+//! embedded SQLite store, created if missing; `postgres://…` or `postgresql://…` the
+//! PostgreSQL store (migrated on connect; `sslmode=require` and friends for TLS).
 
 use std::sync::Arc;
 
@@ -28,10 +28,19 @@ pub async fn open_store(url: &str, clock: Arc<dyn Clock>) -> Result<Arc<dyn Stor
         };
         return Ok(Arc::new(SqliteStore::open_url(url, opts).await?));
     }
+    let is_postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    #[cfg(feature = "postgres")]
+    if is_postgres {
+        // PostgreSQL decides expiry with the database clock, never a process clock.
+        return Ok(Arc::new(
+            seqlease_postgres::PgStore::connect(url, seqlease_postgres::PgOptions::default())
+                .await?,
+        ));
+    }
     let reason = if url.starts_with("sqlite:") {
         "this build of seqlease was compiled without the sqlite feature"
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        "the PostgreSQL store is not built into this version yet"
+    } else if is_postgres {
+        "this build of seqlease was compiled without the postgres feature"
     } else {
         "unknown scheme"
     };

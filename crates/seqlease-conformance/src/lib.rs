@@ -8,6 +8,7 @@
 
 pub mod harness;
 pub mod model;
+pub mod postgres;
 pub mod suite;
 
 pub use harness::{Fixture, Harness};

@@ -131,4 +131,21 @@ pub trait Store: Send + Sync + 'static {
         let _ = listener;
         false
     }
+
+    /// Declare that `owner` (an engine's worker id) is alive for as long as this store
+    /// object lives, so that the store can tell when its process dies and expire its leases
+    /// before their TTL (I10; PostgreSQL: a session-level advisory lock). Called by the
+    /// engine when it is built. Stores that cannot detect a dead process do nothing.
+    async fn register_owner(&self, owner: &str) -> Result<(), StoreError> {
+        let _ = owner;
+        Ok(())
+    }
+
+    /// Expire at once (`expires_at = now`) the live LEASED slots of registered owners whose
+    /// process the store can see is dead; returns how many slots were expired. The slots
+    /// stay LEASED: recovery resolves them as it does any expired lease. Stores that cannot
+    /// detect a dead process return 0.
+    async fn expire_dead_owners(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
 }

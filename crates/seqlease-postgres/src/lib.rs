@@ -1,0 +1,321 @@
+//! The PostgreSQL store of seqlease: many processes and machines on one database.
+//!
+//! [`PgStore`] implements [`seqlease_core::Store`]. Every engine, in every process, that
+//! points at the same database (and schema) shares the same spaces, counters and slots:
+//!
+//! - **Atomicity.** Each batch of commands from the engine's group commit is one
+//!   transaction. It locks the rows of the spaces it touches (`SELECT … FOR UPDATE`, in name
+//!   order, so batches never deadlock), reads the slots its commands name, decides every
+//!   command in memory exactly as the contract says, and writes all grants, slot changes and
+//!   counters back in **one** set-based statement (`INSERT … SELECT unnest(…)`,
+//!   `UPDATE … FROM unnest(…)`). Grants are compare-and-swap on the locked counter; commits
+//!   and releases are compare-and-swap on the slot's state, token and expiry.
+//! - **Time.** Every expiry decision uses the database clock (`now()`), read once per batch,
+//!   never a client's clock. Tests shift or pin it with a [`PgClock`], which is also the
+//!   [`seqlease_core::TimeControl`] of the conformance suite.
+//! - **Wake-ups across processes.** A batch that resolves slots sends
+//!   `pg_notify(channel, 'space:watermark:freed')` in the same transaction (delivered on
+//!   commit); a background `LISTEN` task per store feeds the engine's waiters
+//!   ([`seqlease_core::Store::listen`]). The engine's slow re-read covers missed
+//!   notifications.
+//! - **Crash detection.** An engine owner registered with
+//!   [`Store::register_owner`](seqlease_core::Store::register_owner) holds a session-level
+//!   advisory lock on a dedicated connection. When its process dies, PostgreSQL ends the
+//!   session and releases the lock; [`Store::expire_dead_owners`](seqlease_core::Store::expire_dead_owners)
+//!   (run by a background probe) expires that owner's leases at once instead of after their
+//!   TTL. See `docs/postgres.md` for the mechanism and its limits (poolers, partitions).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), seqlease_core::StoreError> {
+//! use seqlease_postgres::{PgOptions, PgStore};
+//!
+//! let store = PgStore::connect("postgres://app@db.internal/app", PgOptions::default()).await?;
+//! // hand `store` to the engine …
+//! store.close().await;
+//! # Ok(()) }
+//! ```
+//!
+//! The modules: `connect` (pool, migrations, schema and privilege checks), `execute` (the
+//! batch transaction), `read` (spaces, the ordered log and slots), `notify` (LISTEN task),
+//! `liveness` (owner locks and the dead-owner probe) and `error` (mapping PostgreSQL
+//! failures to [`StoreError`]).
+
+#![warn(missing_docs)]
+
+mod connect;
+mod error;
+mod execute;
+mod liveness;
+mod notify;
+mod read;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use seqlease_core::time::duration_micros;
+use seqlease_core::{
+    BatchOutcome, BatchingHint, Command, Entry, ProgressListener, SlotView, SpaceConfig, SpaceInfo,
+    SpaceName, Store, StoreError, TimeControl, Timestamp,
+};
+use sqlx::postgres::{PgConnectOptions, PgPool};
+use tokio::sync::watch;
+
+pub use error::BACKEND;
+
+/// The store clock of a [`PgStore`].
+///
+/// In production it is the database's clock (`now()`), unchanged: [`PgClock::database`].
+/// Tests move it without sleeping: [`PgClock::database`] plus [`TimeControl::advance`] adds
+/// an offset to the database clock (time still flows); [`PgClock::pinned_at`] freezes it at
+/// an instant that only moves when advanced, like the in-memory store's manual clock. The
+/// adjustment is sent with every statement and applied inside SQL, so even a shifted or
+/// pinned clock is applied identically by every check of a batch.
+#[derive(Debug, Default)]
+pub struct PgClock {
+    pinned: bool,
+    micros: AtomicI64,
+}
+
+impl PgClock {
+    /// The database clock, no offset (production).
+    pub fn database() -> Self {
+        PgClock::default()
+    }
+
+    /// A clock frozen at `at`, moved only by [`TimeControl::advance`] (tests).
+    pub fn pinned_at(at: Timestamp) -> Self {
+        PgClock {
+            pinned: true,
+            micros: AtomicI64::new(at.as_micros()),
+        }
+    }
+
+    /// `(pinned instant, offset)` as bound to `$1, $2` of [`NOW_SQL`].
+    pub(crate) fn params(&self) -> (Option<i64>, i64) {
+        let m = self.micros.load(Ordering::SeqCst);
+        if self.pinned { (Some(m), 0) } else { (None, m) }
+    }
+}
+
+impl TimeControl for PgClock {
+    fn advance(&self, by: Duration) {
+        self.micros.fetch_add(duration_micros(by), Ordering::SeqCst);
+    }
+}
+
+/// The store clock in SQL, in microseconds since the epoch; `$1` is the pinned instant
+/// (NULL in production) and `$2` the offset (0 in production).
+pub(crate) const NOW_SQL: &str =
+    "(COALESCE($1::bigint, (extract(epoch FROM now()) * 1000000)::bigint) + $2::bigint)";
+
+/// How to connect a [`PgStore`].
+#[derive(Clone, Debug)]
+pub struct PgOptions {
+    /// The store clock ([`PgClock::database`] in production).
+    pub clock: Arc<PgClock>,
+    /// Most pooled connections for batches and reads (at least 2).
+    pub max_connections: u32,
+    /// How long to wait for a connection (connect or pool checkout) before failing with
+    /// [`StoreError::Unavailable`].
+    pub connect_timeout: Duration,
+    /// Apply missing schema migrations at connect (needs a role that may create tables).
+    /// Off: a database without the current schema is refused with [`StoreError::Schema`].
+    pub migrate: bool,
+    /// Keep seqlease's tables in this schema (created if missing) instead of the role's
+    /// default `search_path`. Lowercase letters, digits and `_`, at most 40 characters.
+    pub schema: Option<String>,
+    /// Batches the engine may run at once; they queue on the space row lock, so more than a
+    /// few only adds contention.
+    pub max_in_flight: usize,
+    /// How often the background probe expires the leases of owners whose process died
+    /// (`None`: no probe; [`Store::expire_dead_owners`] can still be called).
+    pub dead_owner_probe: Option<Duration>,
+    /// Run the LISTEN task when an engine registers a listener.
+    pub listen: bool,
+}
+
+impl Default for PgOptions {
+    /// The database clock, 16 connections, a 5 s connect timeout, migrations on, the
+    /// default schema, 3 batches in flight, a 250 ms dead-owner probe, LISTEN on.
+    fn default() -> Self {
+        PgOptions {
+            clock: Arc::new(PgClock::database()),
+            max_connections: 16,
+            connect_timeout: Duration::from_secs(5),
+            migrate: true,
+            schema: None,
+            max_in_flight: 3,
+            dead_owner_probe: Some(Duration::from_millis(250)),
+            listen: true,
+        }
+    }
+}
+
+/// A seqlease store in a PostgreSQL database. Cheap to clone: clones share the pool.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pool: PgPool,
+    connect: PgConnectOptions,
+    clock: Arc<PgClock>,
+    /// The NOTIFY channel: one per schema, so two installations in one database do not
+    /// wake each other.
+    channel: String,
+    /// `host:port/database` for messages.
+    target: String,
+    opts: PgOptions,
+    listeners: Arc<Mutex<Vec<ProgressListener>>>,
+    listening: Mutex<bool>,
+    owners: Arc<liveness::Owners>,
+    /// Dropped with the store: background tasks watch it and stop.
+    shutdown: watch::Sender<()>,
+}
+
+impl fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgStore")
+            .field("target", &self.inner.target)
+            .field("schema", &self.inner.opts.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connect to the database at `url` (`postgres://USER:PASSWORD@HOST:PORT/DB`, with the
+    /// usual `sslmode=…` parameters for TLS), check the schema and privileges, and apply the
+    /// migrations in `migrations/postgres` when [`PgOptions::migrate`] is on.
+    ///
+    /// Fails with [`StoreError::BadUrl`] for a URL that does not parse,
+    /// [`StoreError::Unavailable`] when the server cannot be reached in
+    /// [`PgOptions::connect_timeout`] or the database does not exist,
+    /// [`StoreError::Permission`] for wrong credentials or missing privileges, and
+    /// [`StoreError::Schema`] when the schema is missing (migrations off) or newer than this
+    /// binary. Every message names the server and says what to do.
+    pub async fn connect(url: &str, opts: PgOptions) -> Result<PgStore, StoreError> {
+        let connected = connect::connect(url, &opts).await?;
+        let (shutdown, shutdown_rx) = watch::channel(());
+        let owners = Arc::new(liveness::Owners::default());
+        let channel = notify::channel_name(opts.schema.as_deref());
+        let store = PgStore {
+            inner: Arc::new(Inner {
+                pool: connected.pool,
+                connect: connected.options,
+                clock: opts.clock.clone(),
+                channel,
+                target: connected.target,
+                opts,
+                listeners: Arc::new(Mutex::new(Vec::new())),
+                listening: Mutex::new(false),
+                owners,
+                shutdown,
+            }),
+        };
+        if let Some(every) = store.inner.opts.dead_owner_probe {
+            liveness::spawn_probe(&store, every, shutdown_rx);
+        }
+        Ok(store)
+    }
+
+    /// `host:port/database` of the server.
+    pub fn target(&self) -> &str {
+        &self.inner.target
+    }
+
+    /// The connection pool (for operators' queries and tests).
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// Close every connection, waiting for running calls to finish. Later calls fail with
+    /// [`StoreError::Unavailable`]; registered owners' locks are released, so their leases
+    /// count as expired for the other processes.
+    pub async fn close(&self) {
+        self.inner.owners.close().await;
+        self.inner.pool.close().await;
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
+    fn downgrade(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn batching(&self) -> BatchingHint {
+        BatchingHint {
+            group_commit: true,
+            max_batch: 256,
+            max_in_flight: self.inner.opts.max_in_flight.max(1),
+        }
+    }
+
+    async fn now(&self) -> Result<Timestamp, StoreError> {
+        read::now(&self.inner).await
+    }
+
+    async fn ensure_space(
+        &self,
+        space: &SpaceName,
+        config: &SpaceConfig,
+    ) -> Result<SpaceInfo, StoreError> {
+        read::ensure_space(&self.inner, space, config).await
+    }
+
+    async fn space_info(&self, space: &SpaceName) -> Result<Option<SpaceInfo>, StoreError> {
+        read::space_info(&self.inner, space).await
+    }
+
+    async fn list_spaces(&self) -> Result<Vec<SpaceInfo>, StoreError> {
+        read::list_spaces(&self.inner).await
+    }
+
+    async fn execute(&self, commands: Vec<Command>) -> Result<BatchOutcome, StoreError> {
+        if commands.is_empty() {
+            return Ok(BatchOutcome::default());
+        }
+        execute::execute(&self.inner, commands).await
+    }
+
+    async fn read(
+        &self,
+        space: &SpaceName,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        read::read(&self.inner, space, from, limit).await
+    }
+
+    async fn slot(&self, space: &SpaceName, seq: u64) -> Result<Option<SlotView>, StoreError> {
+        read::slot(&self.inner, space, seq).await
+    }
+
+    fn listen(&self, listener: ProgressListener) -> bool {
+        if !self.inner.opts.listen {
+            return false;
+        }
+        notify::register(self, listener)
+    }
+
+    async fn register_owner(&self, owner: &str) -> Result<(), StoreError> {
+        liveness::register_owner(self, owner).await
+    }
+
+    async fn expire_dead_owners(&self) -> Result<u64, StoreError> {
+        liveness::expire_dead_owners(&self.inner).await
+    }
+}

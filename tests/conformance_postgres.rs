@@ -1,0 +1,49 @@
+//! The conformance suite on the PostgreSQL store, through group commit (its default).
+//!
+//! Server: `DATABASE_URL` when set, otherwise a throwaway cluster started from the installed
+//! PostgreSQL binaries (`seqlease_conformance::postgres`). Each fixture gets its own schema
+//! in that database, so fixtures are isolated while sharing one server. Time is driven by a
+//! pinned [`PgClock`]: the database applies it in SQL, so expiry is still decided by the
+//! store, and a check sees exactly the instants it set, as on the other stores.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use seqlease::core::{Clock, Store};
+use seqlease::{ManualClock, PgClock, PgOptions, PgStore};
+use seqlease_conformance::postgres::{database_url, unique_name};
+use seqlease_conformance::{Fixture, Harness, conformance_suite};
+
+struct Postgres;
+
+#[async_trait]
+impl Harness for Postgres {
+    async fn fresh(&self) -> Fixture {
+        let url = database_url();
+        let clock = Arc::new(PgClock::pinned_at(ManualClock::new().now()));
+        let opts = PgOptions {
+            clock: clock.clone(),
+            schema: Some(unique_name("conf")),
+            max_connections: 8,
+            ..PgOptions::default()
+        };
+        let store = PgStore::connect(&url, opts.clone())
+            .await
+            .expect("connect to the test PostgreSQL");
+        Fixture {
+            store: Arc::new(store),
+            time: clock,
+            reopen: Some(Box::new(move || {
+                let (url, opts) = (url.clone(), opts.clone());
+                Box::pin(async move {
+                    let store = PgStore::connect(&url, opts).await.expect("reopen");
+                    Arc::new(store) as Arc<dyn Store>
+                })
+            })),
+            guard: None,
+            group_commit: None,
+        }
+    }
+}
+
+conformance_suite!(Postgres);
