@@ -39,7 +39,7 @@ impl SpaceSignals {
 /// The signals of every space this engine has opened.
 #[derive(Debug, Default)]
 pub(crate) struct Spaces {
-    by_name: DashMap<SpaceName, Arc<SpaceSignals>>,
+    by_name: DashMap<SpaceName, Arc<SpaceSignals>, foldhash::fast::RandomState>,
 }
 
 impl Spaces {

@@ -157,14 +157,31 @@ impl BatchOutcome {
     /// Count one slot of `space` that left LEASED in this batch. Stores call this as they
     /// resolve slots, then fill in each space's final watermark with [`Self::set_watermark`].
     pub fn note_freed(&mut self, space: &SpaceName) {
-        match self.progress.iter_mut().find(|p| &p.space == space) {
-            Some(p) => p.freed += 1,
-            None => self.progress.push(SpaceProgress {
-                space: space.clone(),
-                watermark: 0,
-                freed: 1,
-            }),
-        }
+        self.progress_of(space).freed += 1;
+    }
+
+    /// Count one freed slot of `space` and record its watermark now (for stores that know
+    /// the watermark as they go, like the in-memory one).
+    pub fn note_freed_at(&mut self, space: &SpaceName, watermark: u64) {
+        let p = self.progress_of(space);
+        p.freed += 1;
+        p.watermark = p.watermark.max(watermark);
+    }
+
+    fn progress_of(&mut self, space: &SpaceName) -> &mut SpaceProgress {
+        let i = match self.progress.iter().position(|p| &p.space == space) {
+            Some(i) => i,
+            None => {
+                let fresh = SpaceProgress {
+                    space: space.clone(),
+                    watermark: 0,
+                    freed: 0,
+                };
+                self.progress.push(fresh);
+                self.progress.len() - 1
+            }
+        };
+        &mut self.progress[i]
     }
 
     /// Record the watermark of `space` after the batch.

@@ -15,8 +15,17 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_ID_LEN: usize = 512;
 
 /// The name of a space: an independent ordered log with its own counter and watermark.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Hash, PartialOrd, Ord)]
 pub struct SpaceName(Arc<str>);
+
+impl PartialEq for SpaceName {
+    fn eq(&self, other: &Self) -> bool {
+        // Names travel as clones of one Arc: the pointer check settles most comparisons.
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl Eq for SpaceName {}
 
 impl SpaceName {
     /// Validate `name` as a space name.

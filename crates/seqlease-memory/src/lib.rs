@@ -13,7 +13,6 @@
 
 mod space;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -29,7 +28,7 @@ use space::SpaceState;
 #[derive(Debug)]
 pub struct MemoryStore {
     clock: Arc<dyn Clock>,
-    spaces: RwLock<HashMap<SpaceName, Arc<Mutex<SpaceState>>>>,
+    spaces: RwLock<foldhash::HashMap<SpaceName, Arc<Mutex<SpaceState>>>>,
 }
 
 impl MemoryStore {
@@ -42,7 +41,7 @@ impl MemoryStore {
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         MemoryStore {
             clock,
-            spaces: RwLock::new(HashMap::new()),
+            spaces: RwLock::new(foldhash::HashMap::default()),
         }
     }
 
@@ -124,11 +123,6 @@ impl Store for MemoryStore {
                 }),
             };
             outcome.replies.push(reply);
-        }
-        for progress in &mut outcome.progress {
-            if let Some(space) = self.space(&progress.space) {
-                progress.watermark = space.lock().watermark;
-            }
         }
         Ok(outcome)
     }

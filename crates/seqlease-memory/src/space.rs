@@ -1,6 +1,5 @@
 //! One space of the in-memory store: its slots and the rules of the slot life cycle.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use seqlease_core::{
@@ -25,10 +24,10 @@ pub(crate) struct SpaceState {
     pub(crate) capacity: u32,
     pub(crate) watermark: u64,
     in_flight: u32,
-    /// `slots[seq - 1]`: seqs are contiguous from 1.
-    slots: Vec<Slot>,
+    /// Every slot, seqs contiguous from 1.
+    slots: Slots,
     /// operation id → seq of its committed entry (I6).
-    committed: HashMap<String, u64>,
+    committed: foldhash::HashMap<String, u64>,
 }
 
 impl SpaceState {
@@ -38,15 +37,15 @@ impl SpaceState {
             capacity: config.capacity,
             watermark: 0,
             in_flight: 0,
-            slots: Vec::new(),
-            committed: HashMap::new(),
+            slots: Slots::default(),
+            committed: foldhash::HashMap::default(),
         }
     }
 
     pub(crate) fn info(&self) -> SpaceInfo {
         SpaceInfo {
             name: self.name.clone(),
-            last_seq: self.slots.len() as u64,
+            last_seq: self.slots.len(),
             watermark: self.watermark,
             in_flight: self.in_flight,
             capacity: self.capacity,
@@ -84,7 +83,7 @@ impl SpaceState {
         }
         let lease = LeaseRecord {
             space: self.name.clone(),
-            seq: self.slots.len() as u64 + 1,
+            seq: self.slots.len() + 1,
             token: Token::random(),
             operation_id: req.operation_id,
             projection_type: req.projection_type,
@@ -138,7 +137,13 @@ impl SpaceState {
         }
         self.live_slot(key, now)?;
         let seq = key.seq;
-        let operation_id = self.slots[index(seq)].lease.operation_id.clone();
+        let operation_id = self
+            .slots
+            .get(seq)
+            .expect("checked above")
+            .lease
+            .operation_id
+            .clone();
         if let Some(&existing) = self.committed.get(&operation_id) {
             let gap = Gap {
                 reason: GapReason::Superseded,
@@ -152,7 +157,7 @@ impl SpaceState {
                 status,
             }));
         }
-        let lease = &self.slots[index(seq)].lease;
+        let lease = &self.slots.get(seq).expect("checked above").lease;
         let op = Operation {
             operation_id: lease.operation_id.clone(),
             projection_type: lease.projection_type.clone(),
@@ -196,7 +201,10 @@ impl SpaceState {
         now: Timestamp,
         outcome: &mut BatchOutcome,
     ) {
-        let slot = &mut self.slots[index(seq)];
+        let slot = self
+            .slots
+            .get_mut(seq)
+            .expect("resolve is called on a granted slot");
         debug_assert!(slot.resolved.is_none(), "a slot resolves once (I2)");
         slot.state = match &content {
             EntryContent::Operation(_) => SlotState::Committed,
@@ -208,20 +216,20 @@ impl SpaceState {
         self.in_flight -= 1;
         while self
             .slots
-            .get(self.watermark as usize)
+            .get(self.watermark + 1)
             .is_some_and(|s| s.resolved.is_some())
         {
             self.watermark += 1;
         }
-        outcome.note_freed(&self.name);
+        outcome.note_freed_at(&self.name, self.watermark);
     }
 
     /// The slot if it exists and the token matches.
     fn slot_with_token(&mut self, key: &LeaseKey) -> Result<&mut Slot, LeaseError> {
         let name = &self.name;
-        let slot = (key.seq >= 1)
-            .then(|| self.slots.get_mut(index(key.seq)))
-            .flatten()
+        let slot = self
+            .slots
+            .get_mut(key.seq)
             .ok_or_else(|| LeaseError::UnknownSlot {
                 space: name.clone(),
                 seq: key.seq,
@@ -263,7 +271,7 @@ impl SpaceState {
         (from..=self.watermark)
             .take(limit)
             .map(|seq| {
-                let slot = &self.slots[index(seq)];
+                let slot = self.slots.get(seq).expect("seq <= watermark <= last seq");
                 let (resolved_at, content) = slot
                     .resolved
                     .clone()
@@ -281,7 +289,7 @@ impl SpaceState {
     }
 
     pub(crate) fn view(&self, seq: u64) -> Option<SlotView> {
-        let slot = self.slots.get(index(seq.checked_sub(1)? + 1))?;
+        let slot = self.slots.get(seq)?;
         let mut lease = slot.lease.clone();
         lease.token = Token([0; 16]);
         Some(SlotView {
@@ -293,6 +301,42 @@ impl SpaceState {
     }
 }
 
-fn index(seq: u64) -> usize {
-    (seq - 1) as usize
+/// Slots in fixed-size chunks: appending never moves what is already stored, so a log of
+/// millions of slots grows without ever copying itself.
+#[derive(Debug, Default)]
+struct Slots {
+    chunks: Vec<Vec<Slot>>,
+    len: u64,
+}
+
+const CHUNK: usize = 4096;
+
+impl Slots {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn push(&mut self, slot: Slot) {
+        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        self.chunks.last_mut().expect("just ensured").push(slot);
+        self.len += 1;
+    }
+
+    fn position(&self, seq: u64) -> Option<(usize, usize)> {
+        let i = usize::try_from(seq.checked_sub(1)?).ok()?;
+        (seq <= self.len).then_some((i / CHUNK, i % CHUNK))
+    }
+
+    /// The slot with this seq (`None` for 0 or beyond the last).
+    fn get(&self, seq: u64) -> Option<&Slot> {
+        let (c, i) = self.position(seq)?;
+        Some(&self.chunks[c][i])
+    }
+
+    fn get_mut(&mut self, seq: u64) -> Option<&mut Slot> {
+        let (c, i) = self.position(seq)?;
+        Some(&mut self.chunks[c][i])
+    }
 }
