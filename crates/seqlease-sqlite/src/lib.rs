@@ -21,9 +21,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The modules: `open` (connections, pragmas, migrations), `execute` (the batch
-//! transaction), `read` (the ordered log and slots), `spaces` (space rows), `codec` (column
-//! encodings) and `error` (mapping SQLite failures to [`StoreError`]).
+//! The modules: `open` (connections, pragmas, migrations), `writer` (the write connection),
+//! `execute` (the batch transaction), `read` (the ordered log and slots), `spaces` (space
+//! rows), `codec` (column encodings) and `error` (mapping SQLite failures to
+//! [`StoreError`]).
 
 #![warn(missing_docs)]
 
@@ -33,6 +34,7 @@ mod execute;
 mod open;
 mod read;
 mod spaces;
+mod writer;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -82,7 +84,7 @@ pub struct SqliteStore {
 }
 
 struct Inner {
-    writer: SqlitePool,
+    writer: writer::Writer,
     readers: SqlitePool,
     clock: Arc<dyn Clock>,
     path: PathBuf,
@@ -160,7 +162,12 @@ impl Store for SqliteStore {
         space: &SpaceName,
         config: &SpaceConfig,
     ) -> Result<SpaceInfo, StoreError> {
-        spaces::ensure_space(&self.inner.writer, space, config, self.inner.clock.now()).await
+        let mut conn = self.inner.writer.lock().await?;
+        let result = spaces::ensure_space(&mut conn, space, config, self.inner.clock.now()).await;
+        if result.is_err() {
+            conn.keep_if_alive().await;
+        }
+        result
     }
 
     async fn space_info(&self, space: &SpaceName) -> Result<Option<SpaceInfo>, StoreError> {
@@ -175,7 +182,14 @@ impl Store for SqliteStore {
         if commands.is_empty() {
             return Ok(BatchOutcome::default());
         }
-        execute::execute(&self.inner.writer, self.inner.clock.now(), commands).await
+        let mut conn = self.inner.writer.lock().await?;
+        // The clock is read once per batch, after the write lock is ours: a batch that
+        // waited for the lock judges expiry at the time it runs.
+        let result = execute::execute(&mut conn, self.inner.clock.now(), commands).await;
+        if result.is_err() {
+            conn.keep_if_alive().await;
+        }
+        result
     }
 
     async fn read(

@@ -1,7 +1,7 @@
 //! Opening a store file: connections, pragmas and migrations.
 //!
 //! A SQLite database allows one writer at a time, so the store keeps exactly **one write
-//! connection** (a pool of one) and a separate **read pool**. In WAL mode readers never block
+//! connection** (see `writer`) and a separate **read pool**. In WAL mode readers never block
 //! the writer and the writer never blocks readers; readers see the last committed state.
 //!
 //! Every connection gets `busy_timeout` (a writer in another process holding the lock is
@@ -30,14 +30,19 @@ use sqlx::{ConnectOptions, Row};
 
 use crate::SqliteOptions;
 use crate::error::{BACKEND, map_open};
+use crate::writer::Writer;
 
 /// The schema migrations, embedded in the binary.
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
 
-/// The two pools of an open store.
+/// Prepared statements kept by the write connection: the write path's fixed statements
+/// plus its multi-row templates (see `execute::sql`) fit with room to spare.
+const WRITER_STATEMENT_CACHE: usize = 256;
+
+/// The connections of an open store.
 pub(crate) struct Pools {
     /// One connection; every write transaction goes through it.
-    pub writer: SqlitePool,
+    pub writer: Writer,
     /// `read_connections` query-only connections.
     pub readers: SqlitePool,
 }
@@ -68,7 +73,7 @@ pub(crate) fn path_from_url(url: &str) -> Result<&Path, StoreError> {
     Ok(Path::new(rest))
 }
 
-/// Open (creating if missing) the database at `path`, migrate it and build both pools.
+/// Open (creating if missing) the database at `path`, migrate it and connect.
 pub(crate) async fn open(path: &Path, opts: &SqliteOptions) -> Result<Pools, StoreError> {
     let base = SqliteConnectOptions::new()
         .filename(path)
@@ -79,25 +84,15 @@ pub(crate) async fn open(path: &Path, opts: &SqliteOptions) -> Result<Pools, Sto
         } else {
             SqliteSynchronous::Normal
         })
-        // Statements are logged by our own tracing spans, not once per query by sqlx.
+        // No log line per statement on the hot path.
         .disable_statement_logging();
 
-    let writer = SqlitePoolOptions::new()
-        .max_connections(1)
-        .min_connections(1)
-        // The writer is used for every batch: no ping before each use, no recycling (a new
-        // connection would start with a cold statement cache).
-        .test_before_acquire(false)
-        .max_lifetime(None)
-        .idle_timeout(None)
-        .connect_with(
-            base.clone()
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal),
-        )
-        .await
-        .map_err(|e| map_open(e, path))?;
-
+    let writer_options = base
+        .clone()
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .statement_cache_capacity(WRITER_STATEMENT_CACHE);
+    let writer = Writer::connect(writer_options, path).await?;
     if let Err(e) = migrate(&writer, path).await {
         writer.close().await;
         return Err(e);
@@ -131,8 +126,8 @@ enum SchemaState {
 }
 
 /// Apply the embedded migrations, refusing databases that are newer or not ours.
-async fn migrate(writer: &SqlitePool, path: &Path) -> Result<(), StoreError> {
-    let mut conn = writer.acquire().await.map_err(|e| map_open(e, path))?;
+async fn migrate(writer: &Writer, path: &Path) -> Result<(), StoreError> {
+    let mut conn = writer.lock().await?;
     if schema_state(&mut conn, path).await? == SchemaState::Current {
         return Ok(());
     }

@@ -6,8 +6,9 @@
 //! the read pool).
 
 use seqlease_core::{SpaceConfig, SpaceInfo, SpaceName, StoreError, Timestamp};
+use sqlx::Connection;
 use sqlx::Row;
-use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 
 use crate::codec::{to_u32, to_u64};
 use crate::error::{BACKEND, map_sqlx};
@@ -15,7 +16,7 @@ use crate::error::{BACKEND, map_sqlx};
 /// Create `space` if it does not exist and set its capacity; one `BEGIN IMMEDIATE`
 /// transaction on the write connection.
 pub(crate) async fn ensure_space(
-    writer: &SqlitePool,
+    writer: &mut SqliteConnection,
     space: &SpaceName,
     config: &SpaceConfig,
     now: Timestamp,
