@@ -57,14 +57,29 @@ fn histogram() -> Histogram<u64> {
 
 pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     anyhow::ensure!(args.workers >= 1, "--workers must be at least 1");
-    anyhow::ensure!(args.duration > 0.0 && args.duration <= 3600.0, "--duration must be in (0, 3600] seconds");
+    anyhow::ensure!(
+        args.duration > 0.0 && args.duration <= 3600.0,
+        "--duration must be in (0, 3600] seconds"
+    );
     let duration = Duration::from_secs_f64(args.duration);
-    let engine = Engine::builder().url(&args.db).owner("seqlease-bench").build().await?;
+    let engine = Engine::builder()
+        .url(&args.db)
+        .owner("seqlease-bench")
+        .build()
+        .await?;
     let backend = engine.store().backend();
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
     let capacity = (args.workers as u32 * 4).max(64);
-    let space = engine.space_with(&format!("bench-{ms}"), SpaceConfig { capacity }).await?;
-    eprintln!("bench: {} workers for {:.1} s on {backend} ({})", args.workers, args.duration, args.db);
+    let space = engine
+        .space_with(&format!("bench-{ms}"), SpaceConfig { capacity })
+        .await?;
+    eprintln!(
+        "bench: {} workers for {:.1} s on {backend} ({})",
+        args.workers, args.duration, args.db
+    );
 
     let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let ticker = {
@@ -72,7 +87,10 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         let started = Instant::now();
         Ticker::start(Duration::from_secs(1), move || {
             let n = total.load(std::sync::atomic::Ordering::Relaxed);
-            format!("bench: {n} cycles, {:.0}/s", n as f64 / started.elapsed().as_secs_f64())
+            format!(
+                "bench: {n} cycles, {:.0}/s",
+                n as f64 / started.elapsed().as_secs_f64()
+            )
         })
     };
     let payload = vec![b'x'; args.payload];
@@ -82,15 +100,25 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     for w in 0..args.workers {
         let (space, payload, total) = (space.clone(), payload.clone(), total.clone());
         tasks.push(tokio::spawn(async move {
-            let mut stats = WorkerStats { cycles: 0, commit: histogram(), grant: histogram() };
+            let mut stats = WorkerStats {
+                cycles: 0,
+                commit: histogram(),
+                grant: histogram(),
+            };
             let owner = format!("bench-{w}");
             while Instant::now() < deadline {
                 let t0 = Instant::now();
                 let mut lease = space
-                    .grant(Grant::new(format!("w{w}-{}", stats.cycles), "bench").owner(&owner).wait(Duration::from_secs(30)))
+                    .grant(
+                        Grant::new(format!("w{w}-{}", stats.cycles), "bench")
+                            .owner(&owner)
+                            .wait(Duration::from_secs(30)),
+                    )
                     .await?;
                 let t1 = Instant::now();
-                lease.commit(OperationBody::new("bench", payload.clone())).await?;
+                lease
+                    .commit(OperationBody::new("bench", payload.clone()))
+                    .await?;
                 let t2 = Instant::now();
                 stats.grant.saturating_record(micros(t1 - t0));
                 stats.commit.saturating_record(micros(t2 - t1));
@@ -113,7 +141,11 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     drop(ticker);
     let cycles_per_sec = cycles as f64 / elapsed.as_secs_f64();
 
-    let baseline = if args.baseline { Some(measure_baseline(&args.db, backend, args.workers, duration).await?) } else { None };
+    let baseline = if args.baseline {
+        Some(measure_baseline(&args.db, backend, args.workers, duration).await?)
+    } else {
+        None
+    };
     let summary = json!({
         "store": backend,
         "workers": args.workers,
@@ -134,15 +166,28 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     if args.json {
         println!("{summary}");
     } else {
-        println!("store        {backend}, {} workers, {:.2} s", args.workers, elapsed.as_secs_f64());
-        println!("throughput   {cycles} grant→commit cycles, {:.0} cycles/s", cycles_per_sec);
+        println!(
+            "store        {backend}, {} workers, {:.2} s",
+            args.workers,
+            elapsed.as_secs_f64()
+        );
+        println!(
+            "throughput   {cycles} grant→commit cycles, {:.0} cycles/s",
+            cycles_per_sec
+        );
         println!(
             "commit       p50 {} µs, p99 {} µs, max {} µs",
             summary["p50_us"], summary["p99_us"], summary["max_us"]
         );
-        println!("grant        p50 {} µs, p99 {} µs", summary["grant_p50_us"], summary["grant_p99_us"]);
+        println!(
+            "grant        p50 {} µs, p99 {} µs",
+            summary["grant_p50_us"], summary["grant_p99_us"]
+        );
         if let Some((name, per_sec)) = &baseline {
-            println!("baseline     {name}: {per_sec:.0}/s → ratio {}", summary["ratio_to_baseline"]);
+            println!(
+                "baseline     {name}: {per_sec:.0}/s → ratio {}",
+                summary["ratio_to_baseline"]
+            );
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
@@ -153,20 +198,46 @@ fn micros(d: Duration) -> u64 {
 }
 
 fn git_commit() -> Option<String> {
-    let out = std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-async fn measure_baseline(db: &str, backend: &str, workers: usize, duration: Duration) -> anyhow::Result<(String, f64)> {
-    eprintln!("bench: measuring the {backend} baseline for {:.1} s", duration.as_secs_f64());
+async fn measure_baseline(
+    db: &str,
+    backend: &str,
+    workers: usize,
+    duration: Duration,
+) -> anyhow::Result<(String, f64)> {
+    eprintln!(
+        "bench: measuring the {backend} baseline for {:.1} s",
+        duration.as_secs_f64()
+    );
     match backend {
-        "memory" => Ok(("mutex-map insert+update cycle".into(), memory_baseline(workers, duration).await)),
+        "memory" => Ok((
+            "mutex-map insert+update cycle".into(),
+            memory_baseline(workers, duration).await,
+        )),
         "sqlite" => {
-            let path = db.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
-            let dir = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            Ok(("sqlite one INSERT per transaction loop".into(), sqlite_baseline(dir, duration).await?))
+            let path = db
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:");
+            let dir = Path::new(path)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            Ok((
+                "sqlite one INSERT per transaction loop".into(),
+                sqlite_baseline(dir, duration).await?,
+            ))
         }
-        other => anyhow::bail!("no in-process baseline for {other}; compare with `pgbench -N` as docs/benchmarks.md shows"),
+        other => anyhow::bail!(
+            "no in-process baseline for {other}; compare with `pgbench -N` as docs/benchmarks.md shows"
+        ),
     }
 }
 
@@ -212,11 +283,16 @@ async fn sqlite_baseline(dir: &Path, duration: Duration) -> anyhow::Result<f64> 
         .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
         .synchronous(sqlx::sqlite::SqliteSynchronous::Normal);
     let mut conn = opts.connect().await?;
-    sqlx::query("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v BLOB NOT NULL)").execute(&mut conn).await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v BLOB NOT NULL)")
+        .execute(&mut conn)
+        .await?;
     let started = Instant::now();
     let mut n = 0u64;
     while started.elapsed() < duration {
-        sqlx::query("INSERT INTO t (v) VALUES (?)").bind(&b"payload"[..]).execute(&mut conn).await?;
+        sqlx::query("INSERT INTO t (v) VALUES (?)")
+            .bind(&b"payload"[..])
+            .execute(&mut conn)
+            .await?;
         n += 1;
     }
     let per_sec = n as f64 / started.elapsed().as_secs_f64();

@@ -50,7 +50,12 @@ fn project(n: u64) -> (&'static str, Vec<u64>) {
     if n % 5 == 0 {
         // Bulk update: "packed orders of region n % 7" exploded into concrete ids.
         let count = 2 + n % 4;
-        ("bulk_update", (0..count).map(|i| (n * 7919 + i * 104_729) % 100_000).collect())
+        (
+            "bulk_update",
+            (0..count)
+                .map(|i| (n * 7919 + i * 104_729) % 100_000)
+                .collect(),
+        )
     } else {
         ("update", vec![n % 100_000])
     }
@@ -67,10 +72,20 @@ struct Counters {
 
 pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     anyhow::ensure!(args.workers >= 1, "--workers must be at least 1");
-    anyhow::ensure!((0.0..1.0).contains(&args.crash_rate), "--crash-rate must be in [0, 1)");
-    let engine = Engine::builder().url(&args.db).owner("seqlease-demo").build().await?;
+    anyhow::ensure!(
+        (0.0..1.0).contains(&args.crash_rate),
+        "--crash-rate must be in [0, 1)"
+    );
+    let engine = Engine::builder()
+        .url(&args.db)
+        .owner("seqlease-demo")
+        .build()
+        .await?;
     let name = args.space.clone().unwrap_or_else(|| {
-        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
         format!("demo-{ms}")
     });
     let space = engine.space(&name).await?;
@@ -105,7 +120,9 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     for w in 0..args.workers {
         let (space, queue, counters) = (space.clone(), queue.clone(), counters.clone());
         let crash_rate = args.crash_rate;
-        workers.push(tokio::spawn(async move { work(w, space, queue, counters, crash_rate).await }));
+        workers.push(tokio::spawn(async move {
+            work(w, space, queue, counters, crash_rate).await
+        }));
     }
     for w in workers {
         w.await??;
@@ -137,9 +154,16 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         println!("{summary}");
     } else {
         println!("slots      {}", report.slots);
-        println!("committed  {} operations ({} events)", report.committed, args.events);
+        println!(
+            "committed  {} operations ({} events)",
+            report.committed, args.events
+        );
         println!("gaps       {} {}", report.gaps, summary["gaps_by_reason"]);
-        println!("throughput {} operations/s in {:.2} s", summary["operations_per_sec"], elapsed.as_secs_f64());
+        println!(
+            "throughput {} operations/s in {:.2} s",
+            summary["operations_per_sec"],
+            elapsed.as_secs_f64()
+        );
         if report.problems.is_empty() {
             println!("verified   yes: every slot resolved once, in order; every operation once");
         } else {
@@ -149,7 +173,11 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             }
         }
     }
-    Ok(if report.problems.is_empty() { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+    Ok(if report.problems.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
 }
 
 /// The synthetic stream: events in order, plus those whose worker crashed, to retry.
@@ -162,7 +190,12 @@ struct EventQueue {
 
 impl EventQueue {
     fn new(total: u64) -> Self {
-        EventQueue { next: AtomicU64::new(1), total, retry: Mutex::new(Vec::new()), done: AtomicU64::new(0) }
+        EventQueue {
+            next: AtomicU64::new(1),
+            total,
+            retry: Mutex::new(Vec::new()),
+            done: AtomicU64::new(0),
+        }
     }
 
     /// The next event to project, `None` when all are done.
@@ -193,7 +226,13 @@ async fn work(
 ) -> anyhow::Result<()> {
     let owner = format!("demo-worker-{worker}");
     while let Some(n) = queue.take().await {
-        let mut lease = space.grant(Grant::new(format!("event-{n}"), "orders").owner(&owner).wait(Duration::from_secs(30))).await?;
+        let mut lease = space
+            .grant(
+                Grant::new(format!("event-{n}"), "orders")
+                    .owner(&owner)
+                    .wait(Duration::from_secs(30)),
+            )
+            .await?;
         let (kind, ids) = project(n);
         if rand::rng().random_bool(crash_rate) {
             // A crash: the handle is dropped without commit; the slot becomes a released
@@ -204,10 +243,14 @@ async fn work(
             continue;
         }
         if kind == "bulk_update" {
-            lease.record_partial(serde_json::to_vec(&json!({ "where_result": ids }))?).await?;
+            lease
+                .record_partial(serde_json::to_vec(&json!({ "where_result": ids }))?)
+                .await?;
         }
         let payload = serde_json::to_vec(&json!({ "set": { "status": "shipped" }, "ids": ids }))?;
-        lease.commit(OperationBody::new(kind, payload).with_source_event(format!("evt-{n}"))).await?;
+        lease
+            .commit(OperationBody::new(kind, payload).with_source_event(format!("evt-{n}")))
+            .await?;
         counters.committed.fetch_add(1, Ordering::Relaxed);
         queue.done.fetch_add(1, Ordering::Relaxed);
     }
@@ -222,7 +265,9 @@ async fn follow(space: Space, from: u64, counters: Arc<Counters>) -> anyhow::Res
         match reader.next_timeout(Duration::from_millis(200)).await? {
             Some(entry) => {
                 seen.push(entry.seq);
-                counters.read.fetch_max(seen.len() as u64, Ordering::Relaxed);
+                counters
+                    .read
+                    .fetch_max(seen.len() as u64, Ordering::Relaxed);
             }
             None if counters.writers_done.load(Ordering::Relaxed) => {
                 // Done: drain what is left without waiting.
@@ -247,7 +292,13 @@ struct Report {
     problems: Vec<String>,
 }
 
-async fn verify(space: &Space, first: u64, last: u64, events: u64, reader_seen: &[u64]) -> anyhow::Result<Report> {
+async fn verify(
+    space: &Space,
+    first: u64,
+    last: u64,
+    events: u64,
+    reader_seen: &[u64],
+) -> anyhow::Result<Report> {
     let mut problems = Vec::new();
     let mut ops: HashMap<String, u64> = HashMap::new();
     let mut gaps_by_reason = HashMap::new();
@@ -256,19 +307,28 @@ async fn verify(space: &Space, first: u64, last: u64, events: u64, reader_seen: 
     while expected <= last {
         let page = store.read(space.name(), expected, 2048).await?;
         if page.is_empty() {
-            problems.push(format!("slot {expected} is not resolved (watermark {})", space.watermark()));
+            problems.push(format!(
+                "slot {expected} is not resolved (watermark {})",
+                space.watermark()
+            ));
             break;
         }
         for entry in page {
             if entry.seq != expected {
-                problems.push(format!("log out of order: expected seq {expected}, got {}", entry.seq));
+                problems.push(format!(
+                    "log out of order: expected seq {expected}, got {}",
+                    entry.seq
+                ));
             }
             expected = entry.seq + 1;
             match entry.content {
                 EntryContent::Operation(op) => {
                     committed += 1;
                     if let Some(prev) = ops.insert(op.operation_id.clone(), entry.seq) {
-                        problems.push(format!("operation {} committed twice: seqs {prev} and {}", op.operation_id, entry.seq));
+                        problems.push(format!(
+                            "operation {} committed twice: seqs {prev} and {}",
+                            op.operation_id, entry.seq
+                        ));
                     }
                 }
                 EntryContent::Gap(g) => {
@@ -288,7 +348,16 @@ async fn verify(space: &Space, first: u64, last: u64, events: u64, reader_seen: 
     }
     let expected_seen: Vec<u64> = (first..=last).collect();
     if reader_seen != expected_seen.as_slice() {
-        problems.push(format!("the reader saw {} entries, not exactly slots {first}..={last} in order", reader_seen.len()));
+        problems.push(format!(
+            "the reader saw {} entries, not exactly slots {first}..={last} in order",
+            reader_seen.len()
+        ));
     }
-    Ok(Report { slots: last + 1 - first, committed, gaps, gaps_by_reason, problems })
+    Ok(Report {
+        slots: last + 1 - first,
+        committed,
+        gaps,
+        gaps_by_reason,
+        problems,
+    })
 }

@@ -26,10 +26,16 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 })
             })
             .collect();
-        println!("{}", serde_json::json!({ "store": engine.store().backend(), "spaces": list }));
+        println!(
+            "{}",
+            serde_json::json!({ "store": engine.store().backend(), "spaces": list })
+        );
         return Ok(std::process::ExitCode::SUCCESS);
     }
-    println!("{:<40} {:>12} {:>12} {:>10} {:>10} {:>10}", "SPACE", "LAST SEQ", "WATERMARK", "PENDING", "IN FLIGHT", "CAPACITY");
+    println!(
+        "{:<40} {:>12} {:>12} {:>10} {:>10} {:>10}",
+        "SPACE", "LAST SEQ", "WATERMARK", "PENDING", "IN FLIGHT", "CAPACITY"
+    );
     for s in &spaces {
         println!(
             "{:<40} {:>12} {:>12} {:>10} {:>10} {:>10}",
