@@ -1,1 +1,53 @@
-fn main() {}
+//! Criterion benchmarks of the hot path: one grant→commit cycle through the engine, per store.
+//!
+//! End-to-end throughput under concurrency is measured by `seqlease bench` (see
+//! docs/benchmarks.md); these isolate the per-cycle cost of one worker, so regressions in the
+//! engine or a store show up as a change in a single number.
+//!
+//! Run: `cargo bench --bench hot_path`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use seqlease::{Engine, Grant, OperationBody, Space, SpaceConfig};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+async fn space(url: &str) -> Space {
+    let engine = Engine::open(url).await.expect("engine");
+    engine.space_with("bench", SpaceConfig { capacity: 1_000_000 }).await.expect("space")
+}
+
+fn cycle(c: &mut Criterion, name: &str, url: String) {
+    let rt = runtime();
+    let space = rt.block_on(space(&url));
+    let n = Arc::new(AtomicU64::new(0));
+    let payload = vec![b'x'; 64];
+    c.bench_function(name, |b| {
+        b.to_async(&rt).iter(|| {
+            let (space, n, payload) = (space.clone(), n.clone(), payload.clone());
+            async move {
+                let i = n.fetch_add(1, Ordering::Relaxed);
+                let mut lease = space.grant(Grant::new(format!("op-{i}"), "bench")).await.expect("grant");
+                lease.commit(OperationBody::new("bench", payload)).await.expect("commit")
+            }
+        })
+    });
+}
+
+fn benches(c: &mut Criterion) {
+    cycle(c, "grant_commit_cycle/memory", "memory".into());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    cycle(c, "grant_commit_cycle/sqlite", url);
+}
+
+criterion_group! {
+    name = hot_path;
+    config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(3));
+    targets = benches
+}
+criterion_main!(hot_path);
