@@ -132,14 +132,23 @@ pub(crate) async fn connect(url: &str, opts: &PgOptions) -> Result<Connected, St
     if let Some(schema) = &opts.schema
         && opts.migrate
     {
-        // Validated above: a plain lowercase identifier, quoted here because DDL cannot
-        // bind names.
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
-        )))
-        .execute(&mut first)
-        .await
-        .map_err(|e| schema_error(e, &target, schema))?;
+        // CREATE SCHEMA checks the CREATE privilege on the database even with IF NOT
+        // EXISTS, so only a missing schema is created.
+        let exists: bool = sqlx::query_scalar("SELECT to_regnamespace($1) IS NOT NULL")
+            .bind(schema)
+            .fetch_one(&mut first)
+            .await
+            .map_err(|e| map_sqlx(e, &target))?;
+        if !exists {
+            // Validated above: a plain lowercase identifier, quoted here because DDL
+            // cannot bind names.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
+            )))
+            .execute(&mut first)
+            .await
+            .map_err(|e| schema_error(e, &target, schema))?;
+        }
     }
     prepare_schema(&mut first, opts, &target).await?;
     let _ = sqlx::Connection::close(first).await;
@@ -281,7 +290,9 @@ async fn schema_state(
 /// Refuse a role that cannot read and write seqlease's tables, before the first batch.
 async fn check_privileges(conn: &mut sqlx::PgConnection, target: &str) -> Result<(), StoreError> {
     let rows = sqlx::query(
-        "SELECT t, has_table_privilege(t, 'SELECT, INSERT, UPDATE') \
+        // A list of privileges is true when *any* is held: ask for each.
+        "SELECT t, has_table_privilege(t, 'SELECT') AND has_table_privilege(t, 'INSERT') \
+                   AND has_table_privilege(t, 'UPDATE') \
          FROM unnest($1::text[]) AS t",
     )
     .bind(&TABLES[..])
