@@ -70,3 +70,7 @@ pub use seqlease_postgres::{PgClock, PgOptions, PgStore};
 /// The SQLite store.
 #[cfg(feature = "sqlite")]
 pub use seqlease_sqlite::{SqliteOptions, SqliteStore};
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
