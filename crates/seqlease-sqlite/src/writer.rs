@@ -72,10 +72,10 @@ impl Writer {
     /// Close the connection, waiting for the current user to finish.
     pub async fn close(&self) {
         let mut slot = self.slot.lock().await;
-        if let Slot::Open(conn) = std::mem::replace(&mut *slot, Slot::Closed) {
-            if let Err(e) = conn.close().await {
-                tracing::warn!(error = %e, "closing the sqlite write connection failed");
-            }
+        if let Slot::Open(conn) = std::mem::replace(&mut *slot, Slot::Closed)
+            && let Err(e) = conn.close().await
+        {
+            tracing::warn!(error = %e, "closing the sqlite write connection failed");
         }
     }
 }
@@ -84,11 +84,11 @@ impl WriterGuard<'_> {
     /// After a failure: keep the connection if it still answers, otherwise drop it so the
     /// next [`Writer::lock`] reconnects.
     pub async fn keep_if_alive(mut self) {
-        if let Slot::Open(conn) = &mut *self.slot {
-            if let Err(e) = conn.ping().await {
-                tracing::warn!(error = %e, "sqlite write connection lost; reconnecting on next use");
-                *self.slot = Slot::Lost;
-            }
+        if let Slot::Open(conn) = &mut *self.slot
+            && let Err(e) = conn.ping().await
+        {
+            tracing::warn!(error = %e, "sqlite write connection lost; reconnecting on next use");
+            *self.slot = Slot::Lost;
         }
     }
 }

@@ -1015,3 +1015,153 @@ async fn resolving_a_slot_drops_its_recorded_work() {
     let entries = store.read(&name, 1, 10).await.unwrap();
     assert_eq!(entries[0].operation().unwrap().body.payload, b"final");
 }
+
+#[tokio::test]
+async fn a_failed_write_rolls_back_the_whole_batch_and_the_store_carries_on() {
+    let (dir, _clock, store, name) = fixture(10).await;
+    let lease = grant_one(&store, &name, "op-1").await;
+    // Make the database refuse one particular grant, as a full disk or I/O error would.
+    let path = dir.path().join("seq.db");
+    let mut conn = SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_boom BEFORE INSERT ON slots WHEN NEW.operation_id = 'boom' \
+         BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let err = store
+        .execute(vec![
+            commit(&lease, "lost"),
+            grant(&name, "fine"),
+            grant(&name, "boom"),
+        ])
+        .await
+        .unwrap_err();
+    match &err {
+        StoreError::Backend { backend, detail } => {
+            assert_eq!(*backend, "sqlite");
+            assert!(detail.contains("refused by test trigger"), "{detail}");
+        }
+        other => panic!("expected Backend, got {other:?}"),
+    }
+    // Nothing of the batch was written.
+    let view = store.slot(&name, 1).await.unwrap().unwrap();
+    assert_eq!(view.state, SlotState::Leased);
+    assert_eq!(store.slot(&name, 2).await.unwrap(), None);
+    let info = store.space_info(&name).await.unwrap().unwrap();
+    assert_eq!((info.last_seq, info.in_flight, info.watermark), (1, 1, 0));
+
+    // The write connection is not left inside the failed transaction.
+    sqlx::query("DROP TRIGGER refuse_boom")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let out = store
+        .execute(vec![commit(&lease, "kept"), grant(&name, "boom")])
+        .await
+        .unwrap();
+    assert_eq!(committed(&out.replies[0]).status, CommitStatus::Committed);
+    assert_eq!(granted(&out.replies[1]).seq, 2);
+    let entries = store.read(&name, 1, 10).await.unwrap();
+    assert_eq!(entries[0].operation().unwrap().body.payload, b"kept");
+}
+
+#[tokio::test]
+async fn one_batch_spans_several_spaces() {
+    let (_dir, clock, store, orders) = fixture(10).await;
+    let audit = space("audit");
+    store
+        .ensure_space(&audit, &SpaceConfig { capacity: 10 })
+        .await
+        .unwrap();
+    let out = store
+        .execute(vec![
+            grant(&orders, "o-1"),
+            grant(&audit, "a-1"),
+            grant(&orders, "o-2"),
+        ])
+        .await
+        .unwrap();
+    let (o1, a1, o2) = (
+        granted(&out.replies[0]),
+        granted(&out.replies[1]),
+        granted(&out.replies[2]),
+    );
+    assert_eq!((o1.seq, a1.seq, o2.seq), (1, 1, 2));
+
+    // Renew one, commit and release others, across both spaces, in one batch.
+    clock.advance(Duration::from_secs(1));
+    let out = store
+        .execute(vec![
+            Command::Renew {
+                key: key(&o2),
+                ttl: TTL,
+            },
+            commit(&a1, "audit"),
+            Command::Release {
+                key: key(&o1),
+                detail: Some("not needed".into()),
+            },
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(
+        out.replies[0],
+        Ok(Reply::Renewed { renewals: 1, .. })
+    ));
+    assert_eq!(committed(&out.replies[1]).seq, 1);
+    assert_eq!(out.replies[2], Ok(Reply::Released(ReleaseOutcome::Gap)));
+    let mut progress = out.progress.clone();
+    progress.sort_by(|a, b| a.space.cmp(&b.space));
+    assert_eq!(
+        progress
+            .iter()
+            .map(|p| (p.space.as_str(), p.watermark, p.freed))
+            .collect::<Vec<_>>(),
+        vec![("audit", 1, 1), ("orders", 1, 1)]
+    );
+    let view = store.slot(&orders, 2).await.unwrap().unwrap();
+    assert_eq!(
+        (view.lease.renewals, view.lease.expires_at),
+        (1, clock_now(&clock).plus(TTL))
+    );
+    assert_eq!(store.read(&audit, 1, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        store.read(&orders, 1, 10).await.unwrap()[0]
+            .gap()
+            .unwrap()
+            .reason,
+        GapReason::Released
+    );
+}
+
+#[tokio::test]
+async fn a_slot_granted_in_a_batch_cannot_be_committed_by_it() {
+    let (_dir, _clock, store, name) = fixture(10).await;
+    // The token of seq 1 is only known once the batch answers, so a commit in the same batch
+    // cannot carry it.
+    let out = store
+        .execute(vec![
+            grant(&name, "op"),
+            Command::Commit {
+                key: LeaseKey {
+                    space: name.clone(),
+                    seq: 1,
+                    token: Token([0; 16]),
+                },
+                body: OperationBody::default(),
+            },
+        ])
+        .await
+        .unwrap();
+    granted(&out.replies[0]);
+    assert!(matches!(
+        out.replies[1],
+        Err(LeaseError::WrongToken { seq: 1, .. })
+    ));
+}

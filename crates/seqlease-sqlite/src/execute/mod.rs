@@ -56,8 +56,11 @@ pub(crate) async fn execute(
     Ok(plan.outcome)
 }
 
-/// Step 1: read everything the batch can touch into a [`Plan`]: one query per space named,
-/// plus, only when a commit names a slot this batch grants, one for that case's I6 check.
+/// Step 1: read everything the batch can touch into a [`Plan`]: one query per space named.
+///
+/// Slots granted by this batch need no I6 lookup: their tokens are only known once the batch
+/// has answered, so no command of this batch can commit them (and the unique index on
+/// committed operation ids would refuse a duplicate anyway).
 async fn load(
     conn: &mut SqliteConnection,
     now: Timestamp,
@@ -89,30 +92,6 @@ async fn load(
                 plan.add_committed(index, slot.operation_id.clone(), existing);
             }
             plan.add_slot((index, seq), slot);
-        }
-    }
-
-    // A commit of a slot granted earlier in this same batch (it names a seq above the
-    // stored last_seq) needs the I6 lookup for the operation ids this batch grants.
-    for index in 0..plan.spaces.len() {
-        let (name, last_seq) = (plan.spaces[index].name.clone(), plan.spaces[index].last_seq);
-        let commits_new_slot = commands.iter().any(
-            |c| matches!(c, Command::Commit { key, .. } if key.space == name && key.seq > last_seq),
-        );
-        if !commits_new_slot {
-            continue;
-        }
-        let mut operation_ids: Vec<String> = commands
-            .iter()
-            .filter_map(|c| match c {
-                Command::Grant(g) if g.space == name => Some(g.operation_id.clone()),
-                _ => None,
-            })
-            .collect();
-        operation_ids.sort_unstable();
-        operation_ids.dedup();
-        if !operation_ids.is_empty() {
-            sql::load_committed(conn, &mut plan, index, &operation_ids).await?;
         }
     }
     Ok(plan)

@@ -3,8 +3,8 @@
 //! Each statement handles many rows so that a batch costs a fixed handful of round trips
 //! to the connection, not a few per command:
 //!
-//! - Lists of keys (seqs, operation ids) are bound as one JSON array and expanded with
-//!   `json_each`, so the SQL text is constant and its prepared statement is cached.
+//! - The list of seqs to load is bound as one JSON array and expanded with `json_each`, so
+//!   the SQL text is constant and its prepared statement is cached.
 //! - Row sets (granted slots, commits, gaps) are bound into a multi-row `VALUES` list. The
 //!   list is padded with all-NULL rows to the next power of two (at most [`MAX_ROWS`] rows),
 //!   so only a few distinct statements exist and all stay in the statement cache; padding
@@ -120,28 +120,6 @@ pub(crate) async fn load_space(
         slots.push((to_u64("seq", seq)?, slot, committed_seq));
     }
     Ok(Some(Loaded { space, slots }))
-}
-
-const LOAD_COMMITTED: &str = "SELECT committed_op_id, seq FROM slots \
-     WHERE space_id = ?1 AND committed_op_id IN (SELECT value FROM json_each(?2))";
-
-/// Load which of `operation_ids` are already committed in the space at `index` (I6).
-pub(crate) async fn load_committed(
-    conn: &mut SqliteConnection,
-    plan: &mut Plan,
-    index: usize,
-    operation_ids: &[String],
-) -> Result<(), StoreError> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(LOAD_COMMITTED)
-        .bind(plan.spaces[index].id)
-        .bind(json_array(operation_ids.into()))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(map_sqlx)?;
-    for (operation_id, seq) in rows {
-        plan.add_committed(index, operation_id, to_u64("seq", seq)?);
-    }
-    Ok(())
 }
 
 /// A JSON array for `json_each`. Numbers and strings always serialize.
@@ -522,7 +500,6 @@ mod tests {
         let t = templates();
         for sql in [
             LOAD_SPACE,
-            LOAD_COMMITTED,
             UPDATE_SPACE,
             t.insert(16),
             t.commit(16),
