@@ -47,7 +47,7 @@ impl Engine {
     }
 
     /// An engine with default settings on the store named by `url`
-    /// (`memory`, `sqlite://PATH`).
+    /// (`memory`, `sqlite://PATH`, `postgres://USER@HOST/DB`).
     pub async fn open(url: &str) -> Result<Engine> {
         Engine::builder().url(url).build().await
     }
@@ -137,7 +137,7 @@ impl EngineBuilder {
         self
     }
 
-    /// Open the store named by `url` (`memory`, `sqlite://PATH`) at build time.
+    /// Open the store named by `url` (`memory`, `sqlite://PATH`, `postgres://…`) at build time.
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = Some(url.into());
         self

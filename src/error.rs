@@ -34,8 +34,10 @@ pub enum Error {
         /// How long.
         waited: Duration,
     },
-    /// The engine is shutting down and accepts no more work.
-    #[error("the engine is shut down; create a new one to continue")]
+    /// The engine's group-commit task is gone (its tokio runtime is shutting down).
+    #[error(
+        "the engine's group-commit task has stopped (is the tokio runtime shutting down?); build a new engine on a running runtime"
+    )]
     Closed,
 }
 

@@ -31,7 +31,8 @@
 //! ```
 //!
 //! The pieces: [`Engine`] (one per store), [`Space`] (one ordered log), [`Lease`] (one slot),
-//! [`LogReader`] (the ordered log). Stores: in-memory, SQLite (the embedded default); see the
+//! [`LogReader`] (the ordered log). Stores: in-memory, SQLite (the embedded default) and
+//! PostgreSQL (many processes on many machines); see the
 //! `Store` trait in [`core`] to write another.
 
 #![warn(missing_docs)]

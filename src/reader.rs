@@ -43,7 +43,11 @@ impl LogReader {
             if let Some(entry) = self.buffer.pop_front() {
                 return Ok(entry);
             }
-            self.fill(Duration::from_secs(3600)).await?;
+            match self.fill(Duration::from_secs(3600)).await {
+                // Nothing resolved for an hour: keep waiting, a reader has no deadline.
+                Err(Error::Timeout { .. }) => continue,
+                other => other?,
+            }
         }
     }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use seqlease_core::{
-    Command, Fence, GrantRequest, LeaseError, Reply, SpaceInfo, SpaceName, validate_id,
-    validate_name,
+    Command, Fence, GrantRequest, InvalidInput, LeaseError, Reply, SpaceInfo, SpaceName,
+    validate_id, validate_name,
 };
 use tokio::time::Instant;
 
@@ -175,6 +175,16 @@ impl Space {
         let ttl = crate::lease::check_ttl(config, grant.ttl.unwrap_or(config.default_ttl))?;
         if let Some(fence) = &grant.fence {
             validate_name("resource", &fence.resource)?;
+            // Refuse rather than pretend: until resource leases exist no store can check the
+            // fence at commit, and a caller must never believe it is fenced when it is not.
+            return Err(InvalidInput::Setting {
+                setting: "fence",
+                reason: format!(
+                    "fenced sequence leases (resource {}, epoch {}) need resource leases, which this version does not have yet; grant without a fence",
+                    fence.resource, fence.epoch
+                ),
+            }
+            .into());
         }
         Ok(GrantRequest {
             space: self.name.clone(),

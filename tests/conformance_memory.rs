@@ -4,8 +4,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use seqlease::{ManualClock, MemoryStore};
 use seqlease_conformance::{Fixture, Harness, conformance_suite};
+use seqlease_core::Store;
 
 struct Memory {
     group_commit: Option<bool>,
@@ -15,10 +17,16 @@ struct Memory {
 impl Harness for Memory {
     async fn fresh(&self) -> Fixture {
         let clock = Arc::new(ManualClock::new());
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::with_clock(clock.clone()));
+        // Nothing outlives the process here: "reopening" attaches a second engine to the
+        // same store, which is what another component of the same process would do.
+        let same = store.clone();
         Fixture {
-            store: Arc::new(MemoryStore::with_clock(clock.clone())),
+            store,
             time: clock,
-            reopen: None,
+            reopen: Some(Box::new(move || {
+                futures::future::ready(same.clone()).boxed()
+            })),
             guard: None,
             group_commit: self.group_commit,
         }

@@ -62,6 +62,16 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         "--duration must be in (0, 3600] seconds"
     );
     let duration = Duration::from_secs_f64(args.duration);
+    if args.baseline
+        && !(args.db == "memory"
+            || args.db.starts_with("memory:")
+            || args.db.starts_with("sqlite:"))
+    {
+        // Refuse before the load runs rather than lose its results afterwards.
+        anyhow::bail!(
+            "--baseline is measured in-process for memory and sqlite only; for PostgreSQL compare with `pgbench -N` as docs/benchmarks.md shows"
+        );
+    }
     let engine = Engine::builder()
         .url(&args.db)
         .owner("seqlease-bench")
@@ -151,14 +161,14 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         "workers": args.workers,
         "duration_s": elapsed.as_secs_f64(),
         "cycles": cycles,
-        "cycles_per_sec": cycles_per_sec.round(),
+        "cycles_per_sec": cycles_per_sec.round() as u64,
         "p50_us": commit.value_at_quantile(0.50),
         "p99_us": commit.value_at_quantile(0.99),
         "max_us": commit.max(),
         "grant_p50_us": grant.value_at_quantile(0.50),
         "grant_p99_us": grant.value_at_quantile(0.99),
         "payload_bytes": args.payload,
-        "baseline": baseline.as_ref().map(|(name, per_sec)| json!({ "name": name, "per_sec": per_sec.round() })),
+        "baseline": baseline.as_ref().map(|(name, per_sec)| json!({ "name": name, "per_sec": per_sec.round() as u64 })),
         "ratio_to_baseline": baseline.as_ref().map(|(_, b)| (cycles_per_sec / b * 1000.0).round() / 1000.0),
         "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "os": std::env::consts::OS, "arch": std::env::consts::ARCH },
         "commit": git_commit(),

@@ -115,7 +115,14 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     };
 
     let reader = tokio::spawn(follow(space.clone(), start_seq, counters.clone()));
-    let queue = Arc::new(EventQueue::new(args.events));
+    let run = format!(
+        "run-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis()
+    );
+    let queue = Arc::new(EventQueue::new(run, args.events));
     let mut workers = Vec::new();
     for w in 0..args.workers {
         let (space, queue, counters) = (space.clone(), queue.clone(), counters.clone());
@@ -134,7 +141,7 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let reader_seen = tokio::time::timeout(Duration::from_secs(60), reader).await???;
     drop(ticker);
 
-    let report = verify(&space, start_seq, last_seq, args.events, &reader_seen).await?;
+    let report = verify(&space, start_seq, last_seq, &queue, &reader_seen).await?;
     let summary = json!({
         "store": engine.store().backend(),
         "space": name,
@@ -146,7 +153,7 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         "gaps_by_reason": report.gaps_by_reason,
         "crashes": counters.crashes.load(Ordering::Relaxed),
         "elapsed_ms": elapsed.as_millis() as u64,
-        "operations_per_sec": (report.committed as f64 / elapsed.as_secs_f64()).round(),
+        "operations_per_sec": (report.committed as f64 / elapsed.as_secs_f64()).round() as u64,
         "verified": report.problems.is_empty(),
         "problems": report.problems,
     });
@@ -182,6 +189,8 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
 
 /// The synthetic stream: events in order, plus those whose worker crashed, to retry.
 struct EventQueue {
+    /// Prefix of this run's operation ids, so reruns on the same space do not collide (I6).
+    run: String,
     next: AtomicU64,
     total: u64,
     retry: Mutex<Vec<u64>>,
@@ -189,8 +198,9 @@ struct EventQueue {
 }
 
 impl EventQueue {
-    fn new(total: u64) -> Self {
+    fn new(run: String, total: u64) -> Self {
         EventQueue {
+            run,
             next: AtomicU64::new(1),
             total,
             retry: Mutex::new(Vec::new()),
@@ -228,7 +238,7 @@ async fn work(
     while let Some(n) = queue.take().await {
         let mut lease = space
             .grant(
-                Grant::new(format!("event-{n}"), "orders")
+                Grant::new(format!("{}/event-{n}", queue.run), "orders")
                     .owner(&owner)
                     .wait(Duration::from_secs(30)),
             )
@@ -296,7 +306,7 @@ async fn verify(
     space: &Space,
     first: u64,
     last: u64,
-    events: u64,
+    queue: &EventQueue,
     reader_seen: &[u64],
 ) -> anyhow::Result<Report> {
     let mut problems = Vec::new();
@@ -338,8 +348,8 @@ async fn verify(
             }
         }
     }
-    for n in 1..=events {
-        if !ops.contains_key(&format!("event-{n}")) {
+    for n in 1..=queue.total {
+        if !ops.contains_key(&format!("{}/event-{n}", queue.run)) {
             problems.push(format!("event {n} has no committed operation"));
             if problems.len() > 20 {
                 break;

@@ -14,6 +14,19 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    if let Some(path) = args
+        .db
+        .strip_prefix("sqlite://")
+        .or_else(|| args.db.strip_prefix("sqlite:"))
+    {
+        // Opening creates a missing file; for a status query a typo must not look like an
+        // empty store.
+        anyhow::ensure!(
+            std::path::Path::new(path).exists(),
+            "no database at {path}: check --db (run `seqlease demo --db {}` to create one)",
+            args.db
+        );
+    }
     let engine = Engine::open(&args.db).await?;
     let spaces = engine.spaces().await?;
     if args.json {
@@ -48,7 +61,7 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         );
     }
     if spaces.is_empty() {
-        println!("(no spaces yet: run `seqlease demo --db {}`)", args.db);
+        println!("(no spaces yet)");
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

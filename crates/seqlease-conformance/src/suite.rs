@@ -99,7 +99,6 @@ pub async fn i1_concurrent_grants_never_repeat_a_seq(h: &dyn Harness) {
             for i in 0..per_task {
                 let mut l = s.grant(Grant::new(format!("t{t}-{i}"), "t")).await.unwrap();
                 seqs.push(l.seq());
-                // Interleave: half commit at once, half after the next grant.
                 l.commit(body(i)).await.unwrap();
             }
             seqs
@@ -523,7 +522,10 @@ pub async fn i4_acknowledged_commits_are_readable(h: &dyn Harness) {
 /// I4 across restarts: what was acknowledged is there after reopening (persistent stores).
 pub async fn i4_commits_survive_reopen(h: &dyn Harness) {
     let fx = h.fresh().await;
-    let Some(reopen) = &fx.reopen else { return };
+    let reopen = fx
+        .reopen
+        .as_ref()
+        .expect("every harness provides reopen (memory: the same store)");
     let engine = fx.engine().await;
     let s = space(&engine, "i4-reopen").await;
     let mut acked = Vec::new();
@@ -994,6 +996,12 @@ pub async fn bad_input_is_refused_and_changes_nothing(h: &dyn Harness) {
             .unwrap_err(),
         Error::Invalid(_)
     ));
+    // Until resource leases exist nothing can check a fence: refuse instead of pretending.
+    let unfenceable = s
+        .grant(Grant::new("op", "t").fence("orders-0", 1))
+        .await
+        .unwrap_err();
+    assert!(unfenceable.to_string().contains("fence"), "{unfenceable}");
 
     let mut l = s.grant(Grant::new("big", "t")).await.unwrap();
     let e = l
@@ -1066,6 +1074,36 @@ pub async fn dropped_or_cancelled_lease_releases_its_slot(h: &dyn Harness) {
             e.seq
         );
     }
+    // A dropped handle with recorded work is handed to recovery, not turned into a gap (I5).
+    let worked = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut l = s.grant(Grant::new("w", "t")).await.unwrap();
+            l.record_result(body("finished")).await.unwrap();
+            let seq = l.seq();
+            drop(l);
+            seq
+        })
+        .await
+        .unwrap()
+    };
+    let store = engine.store().clone();
+    let handed_over = async {
+        loop {
+            let v = store.slot(s.name(), worked).await.unwrap().unwrap();
+            if v.lease.expires_at <= engine.now().await.unwrap() {
+                return v;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let v = tokio::time::timeout(SOON, handed_over)
+        .await
+        .expect("dropped lease handed to recovery");
+    assert_eq!(
+        (v.state, v.result),
+        (SlotState::Leased, Some(body("finished")))
+    );
 }
 
 /// Grants (and more) in one store batch.

@@ -22,7 +22,7 @@ use crate::types::SlotState;
 pub enum InvalidInput {
     /// A name or identifier failed validation.
     #[error(
-        "invalid {what} name {name:?}: {reason}; use 1-128 characters from [A-Za-z0-9_.-] for names, 1-512 printable characters for ids"
+        "invalid {what} {name:?}: {reason}; use 1-128 characters from [A-Za-z0-9_.-] for names, 1-512 printable characters for ids"
     )]
     Name {
         /// Which field ("space", "projection type", "operation id", …).
@@ -95,7 +95,7 @@ pub enum LeaseError {
     },
     /// The lease expired by the store's clock; the cleanup service owns the slot now.
     #[error(
-        "lease on {space}/{seq} expired at {expired_at} (store clock now {now}); the slot is left to recovery: renew earlier or use a longer TTL"
+        "lease on {space}/{seq} expired at {expired_at} (store clock now {now}); the slot belongs to recovery now: renew earlier or use a longer TTL"
     )]
     Expired {
         /// The space.
@@ -145,9 +145,7 @@ pub enum LeaseError {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum StoreError {
     /// The backend could not be reached (connection refused, pool closed, timeout).
-    #[error(
-        "{backend} store unavailable: {detail}; check that the database is running and reachable, then retry"
-    )]
+    #[error("{backend} store unavailable: {detail}; once it is reachable again, retry")]
     Unavailable {
         /// "memory", "sqlite", "postgres".
         backend: &'static str,
@@ -174,7 +172,7 @@ pub enum StoreError {
     },
     /// The connection is not allowed to do what seqlease needs.
     #[error(
-        "{backend} permission denied: {detail}; grant the role the privileges listed in docs/operations.md"
+        "{backend} permission denied: {detail}; grant the role the privileges listed in docs/postgres.md"
     )]
     Permission {
         /// Backend.

@@ -82,10 +82,20 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<(), InvalidInput>
     match reason {
         None => Ok(()),
         Some(reason) => Err(InvalidInput::Name {
-            what,
+            what: name_field(what),
             name: truncate_for_display(name),
             reason,
         }),
+    }
+}
+
+/// "space" → "space name": names are reported as such, ids by their own field name.
+fn name_field(what: &'static str) -> &'static str {
+    match what {
+        "space" => "space name",
+        "projection type" => "projection type name",
+        "resource" => "resource name",
+        other => other,
     }
 }
 

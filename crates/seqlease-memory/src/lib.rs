@@ -109,7 +109,9 @@ impl Store for MemoryStore {
             replies: Vec::with_capacity(commands.len()),
             progress: Vec::new(),
         };
-        // Commands of one batch usually target one space: keep its lock across the run.
+        // Commands of one batch usually target one space: look it up once per run of
+        // commands. Each command takes the space lock on its own; nothing in memory can fail
+        // half-way, so per-command atomicity is all a batch needs here.
         let mut current: Option<(SpaceName, Arc<Mutex<SpaceState>>)> = None;
         for command in commands {
             let name = command.space();
