@@ -128,8 +128,10 @@ pub struct PgOptions {
     /// Keep seqlease's tables in this schema (created if missing) instead of the role's
     /// default `search_path`. Lowercase letters, digits and `_`, at most 40 characters.
     pub schema: Option<String>,
-    /// Batches the engine may run at once; they queue on the space row lock, so more than a
-    /// few only adds contention.
+    /// Batches the engine may run at once. Batches of one space queue on its row lock, which
+    /// is held until the commit is flushed, so with one space 1 is fastest: the next batch
+    /// gathers everything that queued meanwhile (measured in docs/postgres.md). Raise it
+    /// when the engine's load spreads over many spaces.
     pub max_in_flight: usize,
     /// How often the background probe expires the leases of owners whose process died
     /// (`None`: no probe; [`Store::expire_dead_owners`] can still be called).
@@ -140,7 +142,7 @@ pub struct PgOptions {
 
 impl Default for PgOptions {
     /// The database clock, 16 connections, a 5 s connect timeout, migrations on, the
-    /// default schema, 3 batches in flight, a 250 ms dead-owner probe, LISTEN on.
+    /// default schema, 1 batch in flight, a 250 ms dead-owner probe, LISTEN on.
     fn default() -> Self {
         PgOptions {
             clock: Arc::new(PgClock::database()),
@@ -148,7 +150,7 @@ impl Default for PgOptions {
             connect_timeout: Duration::from_secs(5),
             migrate: true,
             schema: None,
-            max_in_flight: 3,
+            max_in_flight: 1,
             dead_owner_probe: Some(Duration::from_millis(250)),
             listen: true,
         }
