@@ -13,12 +13,24 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use seqlease::{Engine, Grant, OperationBody, Space, SpaceConfig};
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 async fn space(url: &str) -> Space {
     let engine = Engine::open(url).await.expect("engine");
-    engine.space_with("bench", SpaceConfig { capacity: 1_000_000 }).await.expect("space")
+    engine
+        .space_with(
+            "bench",
+            SpaceConfig {
+                capacity: 1_000_000,
+            },
+        )
+        .await
+        .expect("space")
 }
 
 fn cycle(c: &mut Criterion, name: &str, url: String) {
@@ -31,8 +43,14 @@ fn cycle(c: &mut Criterion, name: &str, url: String) {
             let (space, n, payload) = (space.clone(), n.clone(), payload.clone());
             async move {
                 let i = n.fetch_add(1, Ordering::Relaxed);
-                let mut lease = space.grant(Grant::new(format!("op-{i}"), "bench")).await.expect("grant");
-                lease.commit(OperationBody::new("bench", payload)).await.expect("commit")
+                let mut lease = space
+                    .grant(Grant::new(format!("op-{i}"), "bench"))
+                    .await
+                    .expect("grant");
+                lease
+                    .commit(OperationBody::new("bench", payload))
+                    .await
+                    .expect("commit")
             }
         })
     });
