@@ -1,4 +1,6 @@
-//! The conformance suite on the PostgreSQL store, through group commit (its default).
+//! The conformance suite on the PostgreSQL store: once through group commit (its default),
+//! once with every command sent as its own batch by concurrent tasks, so many transactions
+//! race on the same space rows and slots (the compare-and-swap path under contention).
 //!
 //! Server: `DATABASE_URL` when set, otherwise a throwaway cluster started from the installed
 //! PostgreSQL binaries (`seqlease_conformance::postgres`). Each fixture gets its own schema
@@ -14,7 +16,9 @@ use seqlease::{ManualClock, PgClock, PgOptions, PgStore};
 use seqlease_conformance::postgres::{database_url, unique_name};
 use seqlease_conformance::{Fixture, Harness, conformance_suite};
 
-struct Postgres;
+struct Postgres {
+    group_commit: Option<bool>,
+}
 
 #[async_trait]
 impl Harness for Postgres {
@@ -41,9 +45,19 @@ impl Harness for Postgres {
                 })
             })),
             guard: None,
-            group_commit: None,
+            group_commit: self.group_commit,
         }
     }
 }
 
-conformance_suite!(Postgres);
+mod group_commit {
+    use super::*;
+    conformance_suite!(Postgres { group_commit: None });
+}
+
+mod direct {
+    use super::*;
+    conformance_suite!(Postgres {
+        group_commit: Some(false)
+    });
+}

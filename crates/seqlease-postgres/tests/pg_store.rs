@@ -426,3 +426,83 @@ async fn background_probe_expires_dead_owner_leases() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// No lost update on the counter: 64 connections from 4 store instances grant and commit
+/// concurrently, each command its own transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_lost_update_under_64_concurrent_connections() {
+    use seqlease::core::{Command, GrantRequest, LeaseKey, Reply};
+    let schema = unique_name("counter");
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(
+            PgStore::connect(
+                &server().url,
+                PgOptions {
+                    max_connections: 16,
+                    ..opts(&schema)
+                },
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let space = seqlease::SpaceName::new("counter").unwrap();
+    stores[0]
+        .ensure_space(&space, &seqlease::SpaceConfig { capacity: 100_000 })
+        .await
+        .unwrap();
+    let per_task = 15;
+    let mut tasks = Vec::new();
+    for t in 0..64 {
+        let store = stores[t % 4].clone();
+        let space = space.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..per_task {
+                let grant = Command::Grant(GrantRequest {
+                    space: space.clone(),
+                    operation_id: format!("t{t}-{i}"),
+                    projection_type: "t".into(),
+                    owner: "w".into(),
+                    ttl: Duration::from_secs(60),
+                    fence: None,
+                });
+                let mut out = store.execute(vec![grant]).await.unwrap();
+                let Ok(Reply::Granted(lease)) = out.replies.remove(0) else {
+                    panic!("grant refused")
+                };
+                let key = LeaseKey {
+                    space: space.clone(),
+                    seq: lease.seq,
+                    token: lease.token,
+                };
+                let commit = Command::Commit {
+                    key,
+                    body: OperationBody::new("update", vec![1]),
+                };
+                let mut out = store.execute(vec![commit]).await.unwrap();
+                assert!(matches!(out.replies.remove(0), Ok(Reply::Committed(_))));
+                seqs.push(lease.seq);
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    let n = 64 * per_task as u64;
+    assert_eq!(
+        all,
+        (1..=n).collect::<Vec<_>>(),
+        "every seq once, none lost"
+    );
+    let info = stores[1].space_info(&space).await.unwrap().unwrap();
+    assert_eq!(
+        (info.last_seq, info.watermark, info.in_flight),
+        (n, n, 0),
+        "counters without lost updates"
+    );
+}
