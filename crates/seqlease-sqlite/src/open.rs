@@ -11,7 +11,7 @@
 //! power failure; FULL also survives that, at the cost of an fsync per transaction. Read
 //! connections are `query_only`.
 //!
-//! Before the pools are handed out the schema is brought up to date with the migrations in
+//! Before the store is handed out the schema is brought up to date with the migrations in
 //! `migrations/sqlite/`, embedded at compile time. A database touched by a newer seqlease
 //! (it has applied migrations this binary does not know) is refused with
 //! [`StoreError::Schema`] rather than written to, and so is a SQLite file that belongs to
