@@ -250,6 +250,31 @@ async fn role_without_table_privileges_is_told_what_to_grant() {
         .unwrap();
 }
 
+/// Wait until engine `b` hears NOTIFY from engine `a` (its LISTEN task has started):
+/// commit on `a` until `b`'s watermark follows without a re-read.
+async fn listening(a: &Engine, b: &Engine) {
+    let (sa, sb) = (
+        a.space("ready").await.unwrap(),
+        b.space("ready").await.unwrap(),
+    );
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let mut l = sa
+            .grant(Grant::new(unique_name("ping"), "t"))
+            .await
+            .unwrap();
+        let seq = l.seq();
+        l.commit(OperationBody::new("ping", vec![])).await.unwrap();
+        if sb.wait_for(seq, Duration::from_millis(300)).await.is_ok() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "engine b never heard a NOTIFY"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_store_instance_is_woken_by_notify() {
     let schema = unique_name("notify");
@@ -260,6 +285,7 @@ async fn another_store_instance_is_woken_by_notify() {
         .await
         .unwrap();
     let (ea, eb) = (engine(&a, "a").await, engine(&b, "b").await);
+    listening(&ea, &eb).await;
     let sa = ea.space("wake").await.unwrap();
     let sb = eb.space("wake").await.unwrap();
     // Engine b's fallback re-read is an hour away: only a notification can wake it.
@@ -275,7 +301,6 @@ async fn another_store_instance_is_woken_by_notify() {
         }
         seqs
     });
-    tokio::time::sleep(Duration::from_millis(200)).await; // let LISTEN start
     for i in 0..3 {
         let mut l = sa.grant(Grant::new(format!("op-{i}"), "t")).await.unwrap();
         l.commit(OperationBody::new("update", vec![i]))
@@ -296,6 +321,7 @@ async fn capacity_waiter_in_another_instance_is_woken_by_notify() {
         .await
         .unwrap();
     let (ea, eb) = (engine(&a, "a").await, engine(&b, "b").await);
+    listening(&ea, &eb).await;
     let sa = ea
         .space_with("cap", seqlease::SpaceConfig { capacity: 1 })
         .await
@@ -303,7 +329,8 @@ async fn capacity_waiter_in_another_instance_is_woken_by_notify() {
     let sb = eb.space("cap").await.unwrap();
     let held = sa.grant(Grant::new("held", "t")).await.unwrap();
     let waiter = tokio::spawn(async move { sb.grant(Grant::new("next", "t").wait(SOON)).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Let the waiter try once and go to sleep; if it has not yet, it finds the slot free.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     held.release(None).await.unwrap();
     let l = waiter
         .await
@@ -357,9 +384,21 @@ async fn dead_owner_leases_expire_before_their_ttl() {
     std::mem::forget(foreign);
     doomed.close().await;
 
+    // The server ends the session (and releases its locks) just after the client closes it.
+    let deadline = tokio::time::Instant::now() + SOON;
+    let expired = loop {
+        let n = survivor.expire_dead_owners().await.unwrap();
+        if n > 0 {
+            break n;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead owner not detected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(
-        survivor.expire_dead_owners().await.unwrap(),
-        1,
+        expired, 1,
         "only the dead owner's live LEASED slot is expired"
     );
     let now = survivor.now().await.unwrap();
