@@ -47,7 +47,7 @@ pub struct Args {
 
 /// The operation event `n` turns into: its kind and the concrete entity ids it touches.
 fn project(n: u64) -> (&'static str, Vec<u64>) {
-    if n % 5 == 0 {
+    if n.is_multiple_of(5) {
         // Bulk update: "packed orders of region n % 7" exploded into concrete ids.
         let count = 2 + n % 4;
         (

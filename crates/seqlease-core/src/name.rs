@@ -15,7 +15,7 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_ID_LEN: usize = 512;
 
 /// The name of a space: an independent ordered log with its own counter and watermark.
-#[derive(Clone, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialOrd, Ord)]
 pub struct SpaceName(Arc<str>);
 
 impl PartialEq for SpaceName {
@@ -26,6 +26,13 @@ impl PartialEq for SpaceName {
 }
 
 impl Eq for SpaceName {}
+
+impl std::hash::Hash for SpaceName {
+    // Hash the text, consistent with `eq` (equal names hash alike whatever their Arc).
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl SpaceName {
     /// Validate `name` as a space name.
