@@ -12,6 +12,8 @@
 //!   never touches the machine's own cluster;
 //! - `pg_hba.conf` trusts local connections, except for the role [`PASSWORD_ROLE`], which
 //!   must log in with a password (tests of wrong credentials use it);
+//! - TLS on (`ssl=on` with a self-signed certificate made by `openssl`, when it is
+//!   installed), so tests can connect with `sslmode=require`;
 //! - a detached watchdog stops the cluster (`pg_ctl stop -m immediate`) and removes the
 //!   directory as soon as the test process exits, however it exits.
 //!
@@ -41,6 +43,8 @@ pub struct Server {
     /// Whether this is a throwaway cluster started here (and [`PASSWORD_ROLE`] must use a
     /// password), rather than `DATABASE_URL`.
     pub throwaway: bool,
+    /// Whether the throwaway cluster accepts TLS connections.
+    pub tls: bool,
 }
 
 static SERVER: OnceLock<Server> = OnceLock::new();
@@ -60,6 +64,7 @@ pub fn server() -> &'static Server {
                 host,
                 port,
                 throwaway: false,
+                tls: false,
             }
         }
         _ => start_cluster().unwrap_or_else(|e| panic!("{e}")),
@@ -203,13 +208,15 @@ fn start_cluster() -> Result<Server, String> {
          host all all 127.0.0.1/32 trust\n"
     );
     std::fs::write(data.join("pg_hba.conf"), hba).map_err(|e| format!("pg_hba.conf: {e}"))?;
+    let tls = make_certificate(&data, root);
     let mut last_error = String::new();
     for _ in 0..5 {
         let port = free_port()?;
         let opts = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=on \
-             -c shared_buffers=128MB -c password_encryption=scram-sha-256",
-            dir.display()
+             -c shared_buffers=128MB -c password_encryption=scram-sha-256 -c ssl={}",
+            dir.display(),
+            if tls { "on" } else { "off" }
         );
         let out = as_owner(&bin.join("pg_ctl"), root)
             .arg("-D")
@@ -226,6 +233,7 @@ fn start_cluster() -> Result<Server, String> {
                 host: "127.0.0.1".into(),
                 port,
                 throwaway: true,
+                tls,
             });
         }
         last_error = format!(
@@ -238,6 +246,52 @@ fn start_cluster() -> Result<Server, String> {
     Err(format!(
         "the throwaway PostgreSQL cluster did not start: {last_error}"
     ))
+}
+
+/// A self-signed certificate for the cluster (`server.crt`/`server.key` in the data
+/// directory); `false` when `openssl` is missing or fails, and the cluster runs without TLS.
+fn make_certificate(data: &Path, root: bool) -> bool {
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-x509",
+            "-days",
+            "2",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(data.join("server.key"))
+        .arg("-out")
+        .arg(data.join("server.crt"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        return false;
+    }
+    let key = data.join("server.key");
+    let mut ok = Command::new("chmod")
+        .arg("600")
+        .arg(&key)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if root {
+        ok &= Command::new("chown")
+            .arg("postgres:")
+            .arg(&key)
+            .arg(data.join("server.crt"))
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+    }
+    ok
 }
 
 fn wait_ready(port: u16) -> bool {

@@ -83,6 +83,38 @@ async fn unreachable_server_is_unavailable_and_names_host_and_port() {
 }
 
 #[tokio::test]
+async fn tls_connections_work() {
+    let s = server();
+    assert!(
+        s.tls || !s.throwaway,
+        "the throwaway cluster runs TLS when openssl is installed (apt-get install -y openssl)"
+    );
+    let sep = if s.url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{sep}sslmode=require", s.url);
+    match PgStore::connect(&url, opts(&unique_name("tls"))).await {
+        Ok(store) => {
+            let ssl: bool =
+                sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                    .fetch_one(store.pool())
+                    .await
+                    .unwrap();
+            assert!(ssl, "sslmode=require must give an encrypted session");
+            let e = engine(&store, "tls").await;
+            let space = e.space("tls").await.unwrap();
+            let mut l = space.grant(Grant::new("op", "t")).await.unwrap();
+            l.commit(OperationBody::new("update", vec![1]))
+                .await
+                .unwrap();
+        }
+        Err(e) => {
+            // Only a server without TLS (a DATABASE_URL one) may refuse, and it must say so.
+            assert!(!s.tls, "the throwaway cluster has TLS on: {e}");
+            assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn bad_urls_and_schema_names_are_refused() {
     for url in ["postgres://u@h:notaport/db", "postgres://[::1/db"] {
         let e = PgStore::connect(url, PgOptions::default())
