@@ -19,13 +19,20 @@ impl Harness for Sqlite {
         let clock = Arc::new(ManualClock::new());
         let options = {
             let clock = clock.clone();
-            move || SqliteOptions { clock: clock.clone(), ..SqliteOptions::default() }
+            move || SqliteOptions {
+                clock: clock.clone(),
+                ..SqliteOptions::default()
+            }
         };
-        let store = SqliteStore::open(&path, options()).await.expect("sqlite store opens");
+        let store = SqliteStore::open(&path, options())
+            .await
+            .expect("sqlite store opens");
         let reopen = move || {
             let (path, options) = (path.clone(), options.clone());
             async move {
-                let store = SqliteStore::open(&path, options()).await.expect("sqlite store reopens");
+                let store = SqliteStore::open(&path, options())
+                    .await
+                    .expect("sqlite store reopens");
                 Arc::new(store) as Arc<dyn Store>
             }
             .boxed()
