@@ -1,4 +1,4 @@
-//! The write path: one batch of commands, one transaction, four round trips.
+//! The write path: one batch of commands, one transaction, four statements.
 //!
 //! The engine coalesces concurrent grants, commits and the rest into a batch (group
 //! commit). Applying it command by command would cost one or two statements per command;
