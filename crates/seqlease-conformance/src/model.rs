@@ -97,6 +97,9 @@ fn seen(r: &Result<Reply, LeaseError>) -> Seen {
         Ok(Reply::Recorded) => Seen::Recorded,
         Ok(Reply::Committed(o)) => Seen::Committed(o.seq, o.status),
         Ok(Reply::Released(o)) => Seen::Released(*o),
+        Ok(other @ (Reply::Resolved(_) | Reply::Parked(_))) => {
+            panic!("execute never answers with a recovery reply: {other:?}")
+        }
         Err(e) => match e {
             LeaseError::UnknownSlot { seq, .. } => Seen::Refused("unknown", *seq),
             LeaseError::WrongToken { seq, .. } => Seen::Refused("token", *seq),

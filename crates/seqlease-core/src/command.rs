@@ -131,6 +131,10 @@ pub enum Reply {
     Committed(CommitOutcome),
     /// The release.
     Released(ReleaseOutcome),
+    /// A claimed slot resolved by recovery.
+    Resolved(crate::recovery::ResolveOutcome),
+    /// A recovery-queue action applied; the item's new state.
+    Parked(crate::recovery::ParkedWork),
 }
 
 /// How a batch moved one space forward.

@@ -127,6 +127,26 @@ pub enum LeaseError {
         /// Its capacity.
         capacity: u32,
     },
+    /// The cleaner's claim on the slot expired or was taken over by another cleaner.
+    #[error(
+        "claim on {space}/{seq} was lost (expired or taken over by another cleaner); nothing was written, the slot is recovered by whoever holds it now"
+    )]
+    ClaimLost {
+        /// The space.
+        space: SpaceName,
+        /// The seq.
+        seq: u64,
+    },
+    /// No item with this id in the recovery queue, or not in a state that allows the action.
+    #[error("recovery queue item {id} cannot be {action}: {reason}")]
+    Parked {
+        /// Queue id.
+        id: u64,
+        /// The action attempted.
+        action: &'static str,
+        /// Why not.
+        reason: String,
+    },
     /// The fence epoch is no longer current (I9).
     #[error(
         "stale epoch rejected for {resource}: current {current}, attempted {attempted}; another holder owns the resource now, stop writing"
@@ -189,6 +209,16 @@ pub enum StoreError {
         url: String,
         /// Why.
         reason: String,
+    },
+    /// The store does not implement this capability yet.
+    #[error(
+        "the {backend} store does not support {what} yet; use a store that does (see docs/stores.md)"
+    )]
+    Unsupported {
+        /// Backend.
+        backend: &'static str,
+        /// The capability ("recovery", …).
+        what: &'static str,
     },
     /// Any other backend failure.
     #[error("{backend} store error: {detail}")]

@@ -10,6 +10,7 @@
 pub mod command;
 pub mod error;
 pub mod name;
+pub mod recovery;
 pub mod store;
 pub mod time;
 pub mod types;
@@ -20,6 +21,10 @@ pub use command::{
 };
 pub use error::{InvalidInput, LeaseError, StoreError};
 pub use name::{SpaceName, validate_id, validate_name};
+pub use recovery::{
+    ClaimKey, ClaimRequest, ExpiredSlot, ParkedAction, ParkedCommand, ParkedQuery, ParkedState,
+    ParkedWork, Placement, Resolution, Resolve, ResolveOutcome,
+};
 pub use store::{BatchingHint, ProgressListener, SlotView, Store};
 pub use time::{Clock, ManualClock, SystemClock, TimeControl, Timestamp};
 pub use types::{

@@ -46,12 +46,13 @@ use async_trait::async_trait;
 use crate::command::{BatchOutcome, Command, SpaceProgress};
 use crate::error::StoreError;
 use crate::name::SpaceName;
+use crate::recovery::{ClaimRequest, ExpiredSlot, ParkedCommand, ParkedQuery, ParkedWork, Resolve};
 use crate::time::Timestamp;
 use crate::types::{Entry, LeaseRecord, OperationBody, SlotState, SpaceConfig, SpaceInfo};
 
 #[cfg(doc)]
 use crate::{
-    command::{CommitStatus, ReleaseOutcome},
+    command::{CommitStatus, ReleaseOutcome, Reply},
     error::LeaseError,
 };
 
@@ -147,5 +148,78 @@ pub trait Store: Send + Sync + 'static {
     /// detect a dead process return 0.
     async fn expire_dead_owners(&self) -> Result<u64, StoreError> {
         Ok(0)
+    }
+
+    // ---- recovery (see `crate::recovery`) ----
+
+    /// Expired, unclaimed slots per space (claims that expired count as unclaimed), for
+    /// spaces that have any. The cleanup service's backlog signal.
+    async fn expired_backlog(&self) -> Result<Vec<(SpaceName, u64)>, StoreError> {
+        Err(StoreError::Unsupported {
+            backend: self.backend(),
+            what: "recovery",
+        })
+    }
+
+    /// Claim up to `limit` expired slots of the space, lowest seq first, unless another
+    /// cleaner holds a live claim in the space (then: none). A slot is claimable when it is
+    /// LEASED, `expires_at <= now` and it has no live claim. Each claimed slot gets a fresh
+    /// claim token, `claim_expires_at = now + ttl`, and its attempt count goes up by one.
+    async fn claim_expired(&self, request: &ClaimRequest) -> Result<Vec<ExpiredSlot>, StoreError> {
+        let _ = request;
+        Err(StoreError::Unsupported {
+            backend: self.backend(),
+            what: "recovery",
+        })
+    }
+
+    /// Resolve claimed slots in one transaction, in order; one reply per item
+    /// ([`Reply::Resolved`] or [`LeaseError::ClaimLost`] / [`LeaseError::UnknownSlot`]).
+    ///
+    /// The claim must be live (`claim_expires_at > now`, token matches, slot LEASED).
+    /// `Recover`: if the operation id is already committed at `e` the slot becomes
+    /// `GAP(superseded → e)` (`Duplicate`); otherwise, in place, the slot becomes COMMITTED
+    /// with [`RecoveryInfo`](crate::RecoveryInfo) `{ original_seq: seq, original_operation_id,
+    /// recovered_at: now, recovery_type }`; at a new seq, seq `n = last_seq + 1` is allocated
+    /// already COMMITTED (owner: the lease's owner, `leased_at = expires_at = now`) with that
+    /// recovery info, and the slot becomes `GAP(superseded → n)`. `Gap`: with `park` and
+    /// recorded work, the work is inserted into the recovery queue (state parked, attempts 0);
+    /// the slot becomes `GAP(expired)` with the detail (`Duplicate` instead when the
+    /// operation id is already committed elsewhere, since then nothing was lost).
+    async fn resolve(&self, items: Vec<Resolve>) -> Result<BatchOutcome, StoreError> {
+        let _ = items;
+        Err(StoreError::Unsupported {
+            backend: self.backend(),
+            what: "recovery",
+        })
+    }
+
+    /// List recovery-queue items, oldest first.
+    async fn parked(&self, query: &ParkedQuery) -> Result<Vec<ParkedWork>, StoreError> {
+        let _ = query;
+        Err(StoreError::Unsupported {
+            backend: self.backend(),
+            what: "recovery",
+        })
+    }
+
+    /// Apply actions to recovery-queue items in one transaction; one reply per action
+    /// ([`Reply::Parked`] with the item's new state, or [`LeaseError::Parked`]).
+    ///
+    /// `Resequence` (item parked or manual): if the operation id is already committed at
+    /// `e`, the item becomes resequenced at `e`; otherwise a fresh seq is allocated already
+    /// COMMITTED with `RecoveryInfo { original_seq, .. }` and the item points at it.
+    /// `Failed` (parked): attempts + 1; at `max_attempts` the item becomes manual.
+    /// `Retry` (manual): back to parked with attempts 0. `Discard` (parked or manual):
+    /// discarded. The actor is kept with the item's note.
+    async fn settle_parked(
+        &self,
+        commands: Vec<ParkedCommand>,
+    ) -> Result<BatchOutcome, StoreError> {
+        let _ = commands;
+        Err(StoreError::Unsupported {
+            backend: self.backend(),
+            what: "recovery",
+        })
     }
 }
