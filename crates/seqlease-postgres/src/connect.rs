@@ -68,6 +68,9 @@ pub(crate) fn connect_options(url: &str, opts: &PgOptions) -> Result<PgConnectOp
         validate_schema(schema)?;
         options = options.options([("search_path", schema.as_str())]);
     }
+    // The batch statements take arrays whose length changes with every batch; a custom plan
+    // per execution costs more than the statement itself, and the generic plan is as good.
+    options = options.options([("plan_cache_mode", "force_generic_plan")]);
     if options.get_application_name().is_none() {
         options = options.application_name("seqlease");
     }
