@@ -102,6 +102,15 @@ impl Engine {
         self.inner.store.list_spaces().await
     }
 
+    /// Counters of this engine's write path.
+    pub fn stats(&self) -> EngineStats {
+        let (batches, commands) = self.inner.dispatcher.stats.totals();
+        EngineStats {
+            group_commit_batches: batches,
+            group_commit_commands: commands,
+        }
+    }
+
     /// The store's clock.
     pub async fn now(&self) -> Result<Timestamp, StoreError> {
         self.inner.store.now().await
@@ -119,6 +128,15 @@ impl Engine {
     ) -> Result<Vec<Result<Reply, LeaseError>>, StoreError> {
         self.inner.dispatcher.many(commands).await
     }
+}
+
+/// Counters of an engine's write path (see [`Engine::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Store transactions sent by group commit (0 when the store is called directly).
+    pub group_commit_batches: u64,
+    /// Commands those transactions carried; divided by the batches, the mean batch size.
+    pub group_commit_commands: u64,
 }
 
 /// Builds an [`Engine`].

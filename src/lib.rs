@@ -48,7 +48,7 @@ mod reader;
 mod space;
 
 pub use config::EngineConfig;
-pub use engine::{Engine, EngineBuilder};
+pub use engine::{Engine, EngineBuilder, EngineStats};
 pub use error::{Error, Result};
 pub use lease::Lease;
 pub use open::{DEFAULT_URL, open_store};

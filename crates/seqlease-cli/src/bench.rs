@@ -168,6 +168,7 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         "grant_p50_us": grant.value_at_quantile(0.50),
         "grant_p99_us": grant.value_at_quantile(0.99),
         "payload_bytes": args.payload,
+        "mean_batch": mean_batch(&engine),
         "baseline": baseline.as_ref().map(|(name, per_sec)| json!({ "name": name, "per_sec": per_sec.round() as u64 })),
         "ratio_to_baseline": baseline.as_ref().map(|(_, b)| (cycles_per_sec / b * 1000.0).round() / 1000.0),
         "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "os": std::env::consts::OS, "arch": std::env::consts::ARCH },
@@ -201,6 +202,14 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Commands per group-commit transaction (null when the store is called directly).
+fn mean_batch(engine: &Engine) -> Option<f64> {
+    let s = engine.stats();
+    (s.group_commit_batches > 0).then(|| {
+        (s.group_commit_commands as f64 / s.group_commit_batches as f64 * 10.0).round() / 10.0
+    })
 }
 
 fn micros(d: Duration) -> u64 {
