@@ -6,13 +6,15 @@
 //! one set-based statement:
 //!
 //! 1. `SELECT … FROM spaces WHERE name = ANY($names) ORDER BY name FOR UPDATE` locks the
-//!    rows of every space the batch touches and reads their counters and the store clock
-//!    (`now()`, read once per batch). Every writer of a space's slots takes this lock first,
+//!    rows of every space the batch touches and reads their counters and the store clock. Every writer of a space's slots takes this lock first,
 //!    in name order, so concurrent batches of all processes serialize per space and never
 //!    deadlock.
 //! 2. One `SELECT` reads the slots the lease commands name (state, token, expiry, whether
 //!    work was recorded) and, for each, the seq where its operation id is already
-//!    committed (I6). Under the space lock, nothing of this can change before commit.
+//!    committed (I6). Under the space lock, nothing of this can change before commit. It
+//!    also reads the database clock again (`clock_timestamp()`, once): the batch's `now` is
+//!    taken after its locks are held, so time spent waiting for another batch's lock never
+//!    makes an expired lease look live.
 //! 3. The commands are decided in order, in memory, exactly as the contract in
 //!    `seqlease_core::store` says: each grant is a compare-and-swap on the locked counter
 //!    and capacity, each commit or release a compare-and-swap on the slot's state, token
@@ -56,7 +58,9 @@ pub(crate) async fn execute(
     let mut tx = inner.pool.begin().await.map_err(map)?;
     let mut batch = Batch::default();
     batch.lock_spaces(&mut tx, inner, &commands).await?;
-    batch.load_slots(&mut tx, target, &commands).await?;
+    batch
+        .load_slots(&mut tx, target, &inner.clock, &commands)
+        .await?;
     let mut outcome = BatchOutcome::default();
     outcome.replies.reserve(commands.len());
     for command in commands {
@@ -194,6 +198,7 @@ impl Batch {
         &mut self,
         conn: &mut PgConnection,
         target: &str,
+        clock: &crate::PgClock,
         commands: &[Command],
     ) -> Result<(), StoreError> {
         let mut space_ids = Vec::new();
@@ -230,15 +235,22 @@ impl Batch {
         if seqs.is_empty() {
             return Ok(());
         }
-        let rows = sqlx::query(
-            "SELECT s.space_id, s.seq, s.state, s.gap_reason, s.token, s.operation_id, \
+        let (pinned, offset) = clock.params();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH clk AS MATERIALIZED (SELECT {} AS now) \
+             SELECT s.space_id, s.seq, s.state, s.gap_reason, s.token, s.operation_id, \
                     s.expires_at, s.renewals, \
                     (s.partial IS NOT NULL OR s.result_kind IS NOT NULL) AS has_work, \
                     (SELECT c.seq FROM slots c \
-                      WHERE c.space_id = s.space_id AND c.committed_op_id = s.operation_id) AS existing \
-             FROM unnest($1::bigint[], $2::bigint[]) AS k(space_id, seq) \
-             JOIN slots s ON s.space_id = k.space_id AND s.seq = k.seq",
-        )
+                      WHERE c.space_id = s.space_id AND c.committed_op_id = s.operation_id) AS existing, \
+                    clk.now \
+             FROM unnest($3::bigint[], $4::bigint[]) AS k(space_id, seq) \
+             JOIN slots s ON s.space_id = k.space_id AND s.seq = k.seq \
+             CROSS JOIN clk",
+            crate::CLOCK_SQL
+        )))
+        .bind(pinned)
+        .bind(offset)
         .bind(&space_ids)
         .bind(&seqs)
         .fetch_all(&mut *conn)
@@ -256,6 +268,8 @@ impl Batch {
             let token: Vec<u8> = row.try_get(4).map_err(get)?;
             let operation_id: String = row.try_get(5).map_err(get)?;
             let existing: Option<i64> = row.try_get(9).map_err(get)?;
+            // The clock read after this batch holds its locks: the lease checks use it.
+            self.now = self.now.max(row.try_get(10).map_err(get)?);
             if let Some(e) = existing {
                 self.committed
                     .insert((space, operation_id.clone()), to_u64("seq", e)?);

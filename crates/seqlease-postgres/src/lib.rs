@@ -112,6 +112,10 @@ impl TimeControl for PgClock {
 pub(crate) const NOW_SQL: &str =
     "(COALESCE($1::bigint, (extract(epoch FROM now()) * 1000000)::bigint) + $2::bigint)";
 
+/// [`NOW_SQL`] read at the moment the statement evaluates it (`clock_timestamp()`), not at
+/// the start of the transaction: a batch reads it once, after it holds its locks.
+pub(crate) const CLOCK_SQL: &str = "(COALESCE($1::bigint, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint) + $2::bigint)";
+
 /// How to connect a [`PgStore`].
 #[derive(Clone, Debug)]
 pub struct PgOptions {
