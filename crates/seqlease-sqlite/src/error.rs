@@ -1,7 +1,8 @@
 //! Turning SQLite and sqlx failures into [`StoreError`]s an operator can act on.
 //!
 //! SQLite reports failures as numeric result codes; the primary code is the low byte of the
-//! extended code sqlx gives us. The ones that mean something to an operator get their own
+//! extended code that sqlx (opening, migrations, reads) or rusqlite (the write connection)
+//! gives us. Both drivers wrap the same SQLite library, so the codes are the same. The ones that mean something to an operator get their own
 //! [`StoreError`] variant:
 //!
 //! | primary code | meaning | error |
@@ -61,39 +62,10 @@ pub(crate) fn corrupt_value(what: &str, value: impl std::fmt::Display) -> StoreE
 }
 
 fn classify(e: sqlx::Error, path: Option<&Path>) -> StoreError {
-    let at = match path {
-        Some(p) => format!(" ({})", p.display()),
-        None => String::new(),
-    };
     if let Some(code) = primary_code(&e) {
-        return match code {
-            SQLITE_NOTADB | SQLITE_CORRUPT => StoreError::Corrupt {
-                backend: BACKEND,
-                detail: format!("{e}{at}"),
-            },
-            SQLITE_CANTOPEN => match path {
-                Some(p) => cannot_open(p, &e),
-                None => StoreError::Unavailable {
-                    backend: BACKEND,
-                    detail: format!("{e}: the database file cannot be opened"),
-                },
-            },
-            SQLITE_PERM | SQLITE_READONLY | SQLITE_AUTH => StoreError::Permission {
-                backend: BACKEND,
-                detail: format!("{e}{at}"),
-            },
-            SQLITE_BUSY | SQLITE_LOCKED => StoreError::Unavailable {
-                backend: BACKEND,
-                detail: format!(
-                    "{e}{at}: another connection held the write lock longer than the busy timeout"
-                ),
-            },
-            _ => StoreError::Backend {
-                backend: BACKEND,
-                detail: format!("{e}{at}"),
-            },
-        };
+        return by_code(code, &e, path);
     }
+    let at = at(path);
     match e {
         sqlx::Error::PoolClosed => StoreError::Unavailable {
             backend: BACKEND,
@@ -112,9 +84,106 @@ fn classify(e: sqlx::Error, path: Option<&Path>) -> StoreError {
     }
 }
 
+/// Map a failure of the write connection (`rusqlite`) on the database at `path`. Corrupt
+/// files and lock time-outs name the path; other failures carry SQLite's message.
+pub(crate) fn map_rusqlite(e: rusqlite::Error, path: &Path) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(failure, _) => {
+            by_code(failure.extended_code & 0xff, &e, Some(path))
+        }
+        _ => StoreError::Backend {
+            backend: BACKEND,
+            detail: e.to_string(),
+        },
+    }
+}
+
+/// A failure on the write connection: SQLite's own, mapped with the store's path by
+/// [`crate::writer::Writer::run`], or one already decided (a stored value out of range, a
+/// row count that does not add up). `?` converts both.
+#[derive(Debug)]
+pub(crate) enum WriteError {
+    /// SQLite refused a statement.
+    Sqlite(rusqlite::Error),
+    /// The write path's own verdict.
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for WriteError {
+    fn from(e: rusqlite::Error) -> Self {
+        WriteError::Sqlite(e)
+    }
+}
+
+impl From<rusqlite::types::FromSqlError> for WriteError {
+    /// A stored value of the wrong type: the file holds data this binary did not write.
+    fn from(e: rusqlite::types::FromSqlError) -> Self {
+        WriteError::Store(StoreError::Corrupt {
+            backend: BACKEND,
+            detail: format!("a stored value does not decode: {e}"),
+        })
+    }
+}
+
+impl From<StoreError> for WriteError {
+    fn from(e: StoreError) -> Self {
+        WriteError::Store(e)
+    }
+}
+
+impl WriteError {
+    /// The [`StoreError`] to report for the database at `path`.
+    pub(crate) fn into_store(self, path: &Path) -> StoreError {
+        match self {
+            WriteError::Sqlite(e) => map_rusqlite(e, path),
+            WriteError::Store(e) => e,
+        }
+    }
+}
+
+/// ` (PATH)` when the path is known.
+fn at(path: Option<&Path>) -> String {
+    match path {
+        Some(p) => format!(" ({})", p.display()),
+        None => String::new(),
+    }
+}
+
+/// The [`StoreError`] for SQLite primary result code `code`; see the module docs.
+fn by_code(code: i32, e: &dyn std::fmt::Display, path: Option<&Path>) -> StoreError {
+    let at = at(path);
+    match code {
+        SQLITE_NOTADB | SQLITE_CORRUPT => StoreError::Corrupt {
+            backend: BACKEND,
+            detail: format!("{e}{at}"),
+        },
+        SQLITE_CANTOPEN => match path {
+            Some(p) => cannot_open(p, e),
+            None => StoreError::Unavailable {
+                backend: BACKEND,
+                detail: format!("{e}: the database file cannot be opened"),
+            },
+        },
+        SQLITE_PERM | SQLITE_READONLY | SQLITE_AUTH => StoreError::Permission {
+            backend: BACKEND,
+            detail: format!("{e}{at}"),
+        },
+        SQLITE_BUSY | SQLITE_LOCKED => StoreError::Unavailable {
+            backend: BACKEND,
+            detail: format!(
+                "{e}{at}: another connection held the write lock longer than the busy timeout"
+            ),
+        },
+        _ => StoreError::Backend {
+            backend: BACKEND,
+            detail: format!("{e}{at}"),
+        },
+    }
+}
+
 /// `SQLITE_CANTOPEN` says only "unable to open database file"; look at the file system to
 /// say why.
-fn cannot_open(path: &Path, e: &sqlx::Error) -> StoreError {
+fn cannot_open(path: &Path, e: &dyn std::fmt::Display) -> StoreError {
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -1,21 +1,24 @@
 //! Opening a store file: connections, pragmas and migrations.
 //!
 //! A SQLite database allows one writer at a time, so the store keeps exactly **one write
-//! connection** (see `writer`) and a separate **read pool**. In WAL mode readers never block
-//! the writer and the writer never blocks readers; readers see the last committed state.
+//! connection** (see `writer`; a `rusqlite` connection on a thread of its own) and a
+//! separate **read pool** (sqlx). In WAL mode readers never block the writer and the writer
+//! never blocks readers; readers see the last committed state.
+//!
+//! Opening goes in three steps. First a sqlx connection creates the file if it is missing,
+//! turns on WAL (a persistent property of the file) and brings the schema up to date with
+//! the migrations in `migrations/sqlite/`, embedded at compile time; it is closed again.
+//! Then the read pool connects, and last the write connection opens the migrated file.
 //!
 //! Every connection gets `busy_timeout` (a writer in another process holding the lock is
-//! waited for, not reported at once) and `foreign_keys = ON`. The write connection turns on
-//! WAL (a persistent property of the file) and `synchronous = NORMAL`, or `FULL` when asked:
-//! with NORMAL a commit survives a crash of the process but the last commits may be lost on a
-//! power failure; FULL also survives that, at the cost of an fsync per transaction. Read
-//! connections are `query_only`.
+//! waited for, not reported at once) and `foreign_keys = ON`. The write connection runs with
+//! `synchronous = NORMAL`, or `FULL` when asked: with NORMAL a commit survives a crash of
+//! the process but the last commits may be lost on a power failure; FULL also survives
+//! that, at the cost of an fsync per transaction. Read connections are `query_only`.
 //!
-//! Before the store is handed out the schema is brought up to date with the migrations in
-//! `migrations/sqlite/`, embedded at compile time. A database touched by a newer seqlease
-//! (it has applied migrations this binary does not know) is refused with
-//! [`StoreError::Schema`] rather than written to, and so is a SQLite file that belongs to
-//! some other application.
+//! A database touched by a newer seqlease (it has applied migrations this binary does not
+//! know) is refused with [`StoreError::Schema`] rather than written to, and so is a SQLite
+//! file that belongs to some other application.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -26,7 +29,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Row};
+use sqlx::{ConnectOptions, Connection, Row};
 
 use crate::SqliteOptions;
 use crate::error::{BACKEND, map_open};
@@ -35,13 +38,9 @@ use crate::writer::Writer;
 /// The schema migrations, embedded in the binary.
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
 
-/// Prepared statements kept by the write connection: the write path's fixed statements
-/// plus its multi-row templates (see `execute::sql`) fit with room to spare.
-const WRITER_STATEMENT_CACHE: usize = 256;
-
 /// The connections of an open store.
 pub(crate) struct Pools {
-    /// One connection; every write transaction goes through it.
+    /// One connection on its own thread; every write transaction goes through it.
     pub writer: Writer,
     /// `read_connections` query-only connections.
     pub readers: SqlitePool,
@@ -84,19 +83,21 @@ pub(crate) async fn open(path: &Path, opts: &SqliteOptions) -> Result<Pools, Sto
         } else {
             SqliteSynchronous::Normal
         })
-        // No log line per statement on the hot path.
+        // No log line per statement.
         .disable_statement_logging();
 
-    let writer_options = base
+    let mut setup = base
         .clone()
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .statement_cache_capacity(WRITER_STATEMENT_CACHE);
-    let writer = Writer::connect(writer_options, path).await?;
-    if let Err(e) = migrate(&writer, path).await {
-        writer.close().await;
-        return Err(e);
+        .connect()
+        .await
+        .map_err(|e| map_open(e, path))?;
+    let migrated = migrate(&mut setup, path).await;
+    if let Err(e) = setup.close().await {
+        tracing::warn!(error = %e, "closing the sqlite setup connection failed");
     }
+    migrated?;
 
     let readers = SqlitePoolOptions::new()
         .max_connections(opts.read_connections.max(1))
@@ -104,12 +105,13 @@ pub(crate) async fn open(path: &Path, opts: &SqliteOptions) -> Result<Pools, Sto
         .test_before_acquire(false)
         .max_lifetime(None)
         .connect_with(base.pragma("query_only", "ON"))
-        .await;
-    let readers = match readers {
-        Ok(pool) => pool,
+        .await
+        .map_err(|e| map_open(e, path))?;
+    let writer = match Writer::open(path, opts).await {
+        Ok(writer) => writer,
         Err(e) => {
-            writer.close().await;
-            return Err(map_open(e, path));
+            readers.close().await;
+            return Err(e);
         }
     };
     tracing::debug!(path = %path.display(), "opened sqlite store");
@@ -126,20 +128,19 @@ enum SchemaState {
 }
 
 /// Apply the embedded migrations, refusing databases that are newer or not ours.
-async fn migrate(writer: &Writer, path: &Path) -> Result<(), StoreError> {
-    let mut conn = writer.lock().await?;
-    if schema_state(&mut conn, path).await? == SchemaState::Current {
+async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreError> {
+    if schema_state(conn, path).await? == SchemaState::Current {
         return Ok(());
     }
     // `run_direct` is `Migrator::run` on a connection we already hold. `run` itself is
     // generic over `Acquire<'a>`, which makes the future of `open` fail to be `Send` for all
     // lifetimes (rustc's higher-ranked auto-trait limitation; sqlx keeps `run_direct` public
     // for exactly this). Not skipping, no target: apply everything that is pending.
-    match MIGRATOR.run_direct(None, &mut *conn, false).await {
+    match MIGRATOR.run_direct(None, conn, false).await {
         Ok(()) => Ok(()),
         // Another process opening the same new file may have applied the same migrations
         // between our check and our run; then the schema is current and all is well.
-        Err(e) => match schema_state(&mut conn, path).await {
+        Err(e) => match schema_state(conn, path).await {
             Ok(SchemaState::Current) => Ok(()),
             _ => Err(map_migrate(e, path)),
         },
