@@ -29,6 +29,8 @@ pub(crate) struct EngineInner {
     pub(crate) config: EngineConfig,
     pub(crate) spaces: Arc<Spaces>,
     pub(crate) dispatcher: Dispatcher,
+    /// Set by the cleanup service during cascades: new leases get longer TTLs.
+    pub(crate) recovery_mode: crate::cleanup::RecoveryMode,
 }
 
 impl std::fmt::Debug for Engine {
@@ -100,6 +102,16 @@ impl Engine {
     /// Every space in the store.
     pub async fn spaces(&self) -> Result<Vec<SpaceInfo>, StoreError> {
         self.inner.store.list_spaces().await
+    }
+
+    /// Configure the cleanup service for this engine's store.
+    pub fn cleanup(&self) -> crate::cleanup::CleanupBuilder {
+        crate::cleanup::CleanupBuilder::new(self.clone())
+    }
+
+    /// Whether the cleanup service has put this engine in recovery mode (a cascade).
+    pub fn in_recovery_mode(&self) -> bool {
+        self.inner.recovery_mode.is_active()
     }
 
     /// Counters of this engine's write path.
@@ -226,6 +238,7 @@ impl EngineBuilder {
                 config,
                 spaces,
                 dispatcher,
+                recovery_mode: Default::default(),
             }),
         })
     }

@@ -38,6 +38,7 @@
 #![warn(missing_docs)]
 
 mod barrier;
+pub mod cleanup;
 mod config;
 mod engine;
 mod error;

@@ -173,6 +173,8 @@ impl Space {
         let owner = grant.owner.unwrap_or_else(|| config.owner.clone());
         validate_id("owner", &owner)?;
         let ttl = crate::lease::check_ttl(config, grant.ttl.unwrap_or(config.default_ttl))?;
+        // During a cascade new leases live longer, so live workers do not join it.
+        let ttl = self.engine.inner.recovery_mode.extend(ttl);
         if let Some(fence) = &grant.fence {
             validate_name("resource", &fence.resource)?;
             // Refuse rather than pretend: until resource leases exist no store can check the

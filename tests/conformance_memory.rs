@@ -44,3 +44,8 @@ mod group_commit {
         group_commit: Some(true)
     });
 }
+
+mod recovery {
+    use super::*;
+    seqlease_conformance::recovery_suite!(Memory { group_commit: None });
+}

@@ -9,6 +9,7 @@
 pub mod harness;
 pub mod model;
 pub mod postgres;
+pub mod recovery;
 pub mod suite;
 
 pub use harness::{Fixture, Harness};
@@ -56,6 +57,36 @@ macro_rules! conformance_suite {
             async fn $name() {
                 let harness = $harness;
                 $crate::suite::$name(&harness).await;
+            }
+        )*
+    };
+}
+
+/// Expand to one `#[tokio::test]` per recovery check, each on a fresh store from `$harness`.
+/// For stores that implement the recovery methods of the `Store` trait.
+#[macro_export]
+macro_rules! recovery_suite {
+    ($harness:expr) => {
+        $crate::recovery_suite!(@each $harness;
+            build_checks_store_support,
+            chain_recovers_in_place,
+            chain_recovers_at_new_seq,
+            racing_cleaners_resolve_each_slot_once,
+            cleaner_killed_between_claim_and_resolve,
+            commit_racing_expiry_one_winner,
+            cascade_of_ten_thousand,
+            policy_switches_without_losing_work,
+            failing_resolver_goes_to_manual_queue,
+            background_service_resolves_expired_slots,
+            recovery_never_duplicates_a_committed_operation,
+        );
+    };
+    (@each $harness:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let harness = $harness;
+                $crate::recovery::$name(&harness).await;
             }
         )*
     };

@@ -172,6 +172,13 @@ impl BatchOutcome {
         p.watermark = p.watermark.max(watermark);
     }
 
+    /// Record that the watermark of `space` moved to `watermark` without freeing capacity
+    /// (a slot appended already resolved, as recovery does).
+    pub fn note_watermark(&mut self, space: &SpaceName, watermark: u64) {
+        let p = self.progress_of(space);
+        p.watermark = p.watermark.max(watermark);
+    }
+
     fn progress_of(&mut self, space: &SpaceName) -> &mut SpaceProgress {
         let i = match self.progress.iter().position(|p| &p.space == space) {
             Some(i) => i,

@@ -25,7 +25,8 @@
 //! **RecordPartial / RecordResult** store the bytes / body on the slot, replacing earlier ones.
 //!
 //! **Commit.** If the slot is already COMMITTED and the token matches, the reply is
-//! [`CommitStatus::AlreadyCommitted`] (an idempotent retry) and nothing changes. After the
+//! [`CommitStatus::AlreadyCommitted`] (an idempotent retry, or recovery committed the
+//! lease's recorded work in place first) and nothing changes. After the
 //! lease checks: if the space already has a committed operation with the lease's
 //! `operation_id` at seq `e` (I6), the slot becomes `GAP(superseded, superseded_by = e)` and
 //! the reply is `Duplicate { slot }` with `seq = e`. Otherwise the slot becomes COMMITTED

@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+mod recovery;
 mod space;
 
 use std::sync::Arc;
@@ -18,8 +19,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use seqlease_core::{
-    BatchOutcome, BatchingHint, Clock, Command, Entry, SlotView, SpaceConfig, SpaceInfo, SpaceName,
-    Store, StoreError, SystemClock, Timestamp,
+    BatchOutcome, BatchingHint, ClaimRequest, Clock, Command, Entry, ExpiredSlot, LeaseError,
+    ParkedAction, ParkedCommand, ParkedQuery, ParkedWork, Reply, Resolve, SlotView, SpaceConfig,
+    SpaceInfo, SpaceName, Store, StoreError, SystemClock, Timestamp,
 };
 
 use space::SpaceState;
@@ -29,6 +31,8 @@ use space::SpaceState;
 pub struct MemoryStore {
     clock: Arc<dyn Clock>,
     spaces: RwLock<foldhash::HashMap<SpaceName, Arc<Mutex<SpaceState>>>>,
+    /// The recovery queue; an item's id is its index + 1.
+    parked: Mutex<Vec<ParkedWork>>,
 }
 
 impl MemoryStore {
@@ -42,6 +46,7 @@ impl MemoryStore {
         MemoryStore {
             clock,
             spaces: RwLock::new(foldhash::HashMap::default()),
+            parked: Mutex::new(Vec::new()),
         }
     }
 
@@ -143,5 +148,113 @@ impl Store for MemoryStore {
 
     async fn slot(&self, name: &SpaceName, seq: u64) -> Result<Option<SlotView>, StoreError> {
         Ok(self.space(name).and_then(|s| s.lock().view(seq)))
+    }
+
+    async fn expired_backlog(&self) -> Result<Vec<(SpaceName, u64)>, StoreError> {
+        let now = self.clock.now();
+        let spaces: Vec<_> = self.spaces.read().values().cloned().collect();
+        let mut backlog: Vec<(SpaceName, u64)> = spaces
+            .iter()
+            .map(|s| {
+                let s = s.lock();
+                (s.name.clone(), s.expired_backlog(now))
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        backlog.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(backlog)
+    }
+
+    async fn claim_expired(&self, request: &ClaimRequest) -> Result<Vec<ExpiredSlot>, StoreError> {
+        let now = self.clock.now();
+        Ok(self
+            .space(&request.space)
+            .map(|s| s.lock().claim(request, now))
+            .unwrap_or_default())
+    }
+
+    async fn resolve(&self, items: Vec<Resolve>) -> Result<BatchOutcome, StoreError> {
+        let now = self.clock.now();
+        let mut outcome = BatchOutcome::default();
+        let mut parked = self.parked.lock();
+        for item in items {
+            let reply = match self.space(&item.claim.space) {
+                Some(space) => {
+                    space
+                        .lock()
+                        .resolve_claimed(item, now, &mut outcome, &mut |mut work| {
+                            work.id = parked.len() as u64 + 1;
+                            parked.push(work);
+                            parked.len() as u64
+                        })
+                }
+                None => Err(LeaseError::UnknownSpace {
+                    space: item.claim.space.clone(),
+                }),
+            };
+            outcome.replies.push(reply);
+        }
+        Ok(outcome)
+    }
+
+    async fn parked(&self, query: &ParkedQuery) -> Result<Vec<ParkedWork>, StoreError> {
+        let parked = self.parked.lock();
+        let limit = if query.limit == 0 {
+            usize::MAX
+        } else {
+            query.limit
+        };
+        Ok(parked
+            .iter()
+            .filter(|w| query.space.as_ref().is_none_or(|s| &w.space == s))
+            .filter(|w| query.states.is_empty() || query.states.contains(&w.state))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn settle_parked(
+        &self,
+        commands: Vec<ParkedCommand>,
+    ) -> Result<BatchOutcome, StoreError> {
+        let now = self.clock.now();
+        let mut outcome = BatchOutcome::default();
+        let mut parked = self.parked.lock();
+        for command in commands {
+            let reply = (|| {
+                let index = usize::try_from(command.id)
+                    .ok()
+                    .and_then(|i| i.checked_sub(1));
+                let item =
+                    index
+                        .and_then(|i| parked.get_mut(i))
+                        .ok_or_else(|| LeaseError::Parked {
+                            id: command.id,
+                            action: recovery::action_name(&command.action),
+                            reason: "no such item in the recovery queue".into(),
+                        })?;
+                recovery::check_parked(item, &command)?;
+                if let ParkedAction::Resequence {
+                    body,
+                    recovery_type,
+                } = &command.action
+                {
+                    let space =
+                        self.space(&item.space)
+                            .ok_or_else(|| LeaseError::UnknownSpace {
+                                space: item.space.clone(),
+                            })?;
+                    space
+                        .lock()
+                        .resequence(item, body.clone(), *recovery_type, now, &mut outcome);
+                    item.note = Some(format!("re-sequenced by {}", command.actor));
+                } else {
+                    recovery::apply_parked(item, &command);
+                }
+                Ok(Reply::Parked(item.clone()))
+            })();
+            outcome.replies.push(reply);
+        }
+        Ok(outcome)
     }
 }

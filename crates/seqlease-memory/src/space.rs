@@ -1,5 +1,6 @@
 //! One space of the in-memory store: its slots and the rules of the slot life cycle.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use seqlease_core::{
@@ -9,25 +10,38 @@ use seqlease_core::{
 };
 
 #[derive(Debug)]
-struct Slot {
-    lease: LeaseRecord,
-    state: SlotState,
-    partial: Option<Vec<u8>>,
-    result: Option<OperationBody>,
+pub(crate) struct Slot {
+    pub(crate) lease: LeaseRecord,
+    pub(crate) state: SlotState,
+    pub(crate) partial: Option<Vec<u8>>,
+    pub(crate) result: Option<OperationBody>,
     /// Set once, when the slot resolves.
-    resolved: Option<(Timestamp, EntryContent)>,
+    pub(crate) resolved: Option<(Timestamp, EntryContent)>,
+    /// A cleaner's claim on the expired slot.
+    pub(crate) claim: Option<Claim>,
+    /// How many times the slot was claimed.
+    pub(crate) attempts: u32,
+}
+
+/// A cleaner's claim on an expired slot.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    pub(crate) token: Token,
+    pub(crate) cleaner: String,
+    pub(crate) expires_at: Timestamp,
 }
 
 #[derive(Debug)]
 pub(crate) struct SpaceState {
-    name: SpaceName,
+    pub(crate) name: SpaceName,
     pub(crate) capacity: u32,
     pub(crate) watermark: u64,
-    in_flight: u32,
+    /// The LEASED seqs, ascending (their count is the in-flight count).
+    pub(crate) leased: BTreeSet<u64>,
     /// Every slot, seqs contiguous from 1.
-    slots: Slots,
+    pub(crate) slots: Slots,
     /// operation id → seq of its committed entry (I6).
-    committed: foldhash::HashMap<String, u64>,
+    pub(crate) committed: foldhash::HashMap<String, u64>,
 }
 
 impl SpaceState {
@@ -36,7 +50,7 @@ impl SpaceState {
             name,
             capacity: config.capacity,
             watermark: 0,
-            in_flight: 0,
+            leased: BTreeSet::new(),
             slots: Slots::default(),
             committed: foldhash::HashMap::default(),
         }
@@ -47,7 +61,7 @@ impl SpaceState {
             name: self.name.clone(),
             last_seq: self.slots.len(),
             watermark: self.watermark,
-            in_flight: self.in_flight,
+            in_flight: self.leased.len() as u32,
             capacity: self.capacity,
         }
     }
@@ -75,7 +89,7 @@ impl SpaceState {
     }
 
     fn grant(&mut self, req: GrantRequest, now: Timestamp) -> Result<LeaseRecord, LeaseError> {
-        if self.in_flight >= self.capacity {
+        if self.leased.len() as u32 >= self.capacity {
             return Err(LeaseError::AtCapacity {
                 space: self.name.clone(),
                 capacity: self.capacity,
@@ -99,8 +113,10 @@ impl SpaceState {
             partial: None,
             result: None,
             resolved: None,
+            claim: None,
+            attempts: 0,
         });
-        self.in_flight += 1;
+        self.leased.insert(lease.seq);
         Ok(lease)
     }
 
@@ -150,7 +166,7 @@ impl SpaceState {
                 superseded_by: Some(existing),
                 detail: None,
             };
-            self.resolve(seq, EntryContent::Gap(gap), now, outcome);
+            self.close_slot(seq, EntryContent::Gap(gap), now, outcome);
             let status = CommitStatus::Duplicate { slot: seq };
             return Ok(Reply::Committed(CommitOutcome {
                 seq: existing,
@@ -165,7 +181,7 @@ impl SpaceState {
             recovery: None,
         };
         self.committed.insert(operation_id, seq);
-        self.resolve(seq, EntryContent::Operation(op), now, outcome);
+        self.close_slot(seq, EntryContent::Operation(op), now, outcome);
         Ok(Reply::Committed(CommitOutcome {
             seq,
             status: CommitStatus::Committed,
@@ -190,11 +206,11 @@ impl SpaceState {
             superseded_by: None,
             detail,
         };
-        self.resolve(key.seq, EntryContent::Gap(gap), now, outcome);
+        self.close_slot(key.seq, EntryContent::Gap(gap), now, outcome);
         Ok(Reply::Released(ReleaseOutcome::Gap))
     }
 
-    fn resolve(
+    pub(crate) fn close_slot(
         &mut self,
         seq: u64,
         content: EntryContent,
@@ -212,8 +228,9 @@ impl SpaceState {
         };
         slot.partial = None;
         slot.result = None;
+        slot.claim = None;
         slot.resolved = Some((now, content));
-        self.in_flight -= 1;
+        self.leased.remove(&seq);
         while self
             .slots
             .get(self.watermark + 1)
@@ -304,7 +321,7 @@ impl SpaceState {
 /// Slots in fixed-size chunks: appending never moves what is already stored, so a log of
 /// millions of slots grows without ever copying itself.
 #[derive(Debug, Default)]
-struct Slots {
+pub(crate) struct Slots {
     chunks: Vec<Vec<Slot>>,
     len: u64,
 }
@@ -312,11 +329,11 @@ struct Slots {
 const CHUNK: usize = 4096;
 
 impl Slots {
-    fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.len
     }
 
-    fn push(&mut self, slot: Slot) {
+    pub(crate) fn push(&mut self, slot: Slot) {
         if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
             self.chunks.push(Vec::with_capacity(CHUNK));
         }
@@ -330,12 +347,12 @@ impl Slots {
     }
 
     /// The slot with this seq (`None` for 0 or beyond the last).
-    fn get(&self, seq: u64) -> Option<&Slot> {
+    pub(crate) fn get(&self, seq: u64) -> Option<&Slot> {
         let (c, i) = self.position(seq)?;
         Some(&self.chunks[c][i])
     }
 
-    fn get_mut(&mut self, seq: u64) -> Option<&mut Slot> {
+    pub(crate) fn get_mut(&mut self, seq: u64) -> Option<&mut Slot> {
         let (c, i) = self.position(seq)?;
         Some(&mut self.chunks[c][i])
     }

@@ -1,0 +1,315 @@
+//! Recovery in the in-memory store: claiming expired slots, resolving them, and the queue of
+//! parked work. The rules are the contract on `Store::claim_expired`, `Store::resolve` and
+//! `Store::settle_parked`, written out plainly.
+
+use seqlease_core::{
+    BatchOutcome, ClaimKey, ClaimRequest, EntryContent, ExpiredSlot, Gap, GapReason, LeaseError,
+    LeaseRecord, Operation, OperationBody, ParkedAction, ParkedCommand, ParkedState, ParkedWork,
+    Placement, RecoveryInfo, RecoveryType, Reply, Resolution, Resolve, ResolveOutcome, SlotState,
+    Timestamp, Token,
+};
+
+use crate::space::{Claim, Slot, SpaceState};
+
+impl SpaceState {
+    /// LEASED slots past their expiry with no live claim.
+    fn claimable(&self, now: Timestamp) -> impl Iterator<Item = &Slot> {
+        self.leased.iter().filter_map(move |&seq| {
+            let slot = self.slots.get(seq)?;
+            let live_claim = slot.claim.as_ref().is_some_and(|c| c.expires_at > now);
+            (slot.lease.expires_at <= now && !live_claim).then_some(slot)
+        })
+    }
+
+    pub(crate) fn expired_backlog(&self, now: Timestamp) -> u64 {
+        self.claimable(now).count() as u64
+    }
+
+    pub(crate) fn claim(&mut self, req: &ClaimRequest, now: Timestamp) -> Vec<ExpiredSlot> {
+        let other_cleaner_busy = self.leased.iter().any(|&seq| {
+            self.slots
+                .get(seq)
+                .and_then(|s| s.claim.as_ref())
+                .is_some_and(|c| c.expires_at > now && c.cleaner != req.cleaner)
+        });
+        if other_cleaner_busy {
+            return Vec::new(); // one cleaner per space at a time keeps recovery ordered (I8)
+        }
+        let seqs: Vec<u64> = self
+            .claimable(now)
+            .take(req.limit)
+            .map(|s| s.lease.seq)
+            .collect();
+        seqs.into_iter()
+            .map(|seq| {
+                let slot = self.slots.get_mut(seq).expect("claimable slots exist");
+                let claim = Claim {
+                    token: Token::random(),
+                    cleaner: req.cleaner.clone(),
+                    expires_at: now.plus(req.ttl),
+                };
+                let key = ClaimKey {
+                    space: self.name.clone(),
+                    seq,
+                    token: claim.token,
+                };
+                slot.attempts += 1;
+                let expired = ExpiredSlot {
+                    lease: LeaseRecord {
+                        token: Token([0; 16]),
+                        ..slot.lease.clone()
+                    },
+                    claim: key,
+                    claim_expires_at: claim.expires_at,
+                    partial: slot.partial.clone(),
+                    result: slot.result.clone(),
+                    attempts: slot.attempts,
+                };
+                slot.claim = Some(claim);
+                expired
+            })
+            .collect()
+    }
+
+    /// Resolve one claimed slot; `parked` receives recorded work to park.
+    pub(crate) fn resolve_claimed(
+        &mut self,
+        item: Resolve,
+        now: Timestamp,
+        outcome: &mut BatchOutcome,
+        park: &mut dyn FnMut(ParkedWork) -> u64,
+    ) -> Result<Reply, LeaseError> {
+        let seq = item.claim.seq;
+        let lost = || LeaseError::ClaimLost {
+            space: self.name.clone(),
+            seq,
+        };
+        let slot = self.slots.get(seq).ok_or_else(|| LeaseError::UnknownSlot {
+            space: self.name.clone(),
+            seq,
+        })?;
+        let holds = slot.state == SlotState::Leased
+            && slot
+                .claim
+                .as_ref()
+                .is_some_and(|c| c.token == item.claim.token && c.expires_at > now);
+        if !holds {
+            return Err(lost());
+        }
+        let lease = slot.lease.clone();
+        if let Some(&existing) = self.committed.get(&lease.operation_id) {
+            self.supersede(seq, existing, now, outcome);
+            return Ok(Reply::Resolved(ResolveOutcome::Duplicate { existing }));
+        }
+        let outcome_reply = match item.resolution {
+            Resolution::Recover {
+                body,
+                recovery_type,
+                placement,
+            } => {
+                let recovery = RecoveryInfo {
+                    original_seq: seq,
+                    original_operation_id: lease.operation_id.clone(),
+                    recovered_at: now,
+                    recovery_type,
+                };
+                let at = match placement {
+                    Placement::InPlace => {
+                        let op = operation(&lease, body, recovery);
+                        self.committed.insert(lease.operation_id.clone(), seq);
+                        self.close_slot(seq, EntryContent::Operation(op), now, outcome);
+                        seq
+                    }
+                    Placement::NewSeq => {
+                        let n = self.append_committed(&lease, body, recovery, now);
+                        self.supersede(seq, n, now, outcome);
+                        n
+                    }
+                };
+                ResolveOutcome::Recovered { seq: at }
+            }
+            Resolution::Gap {
+                detail,
+                park: wants_park,
+            } => {
+                let slot = self.slots.get(seq).expect("checked above");
+                let parked = (wants_park && (slot.partial.is_some() || slot.result.is_some()))
+                    .then(|| {
+                        park(ParkedWork {
+                            id: 0,
+                            space: self.name.clone(),
+                            original_seq: seq,
+                            operation_id: lease.operation_id.clone(),
+                            projection_type: lease.projection_type.clone(),
+                            partial: slot.partial.clone(),
+                            result: slot.result.clone(),
+                            attempts: 0,
+                            state: ParkedState::Parked,
+                            note: detail.clone(),
+                            parked_at: now,
+                            resequenced_at_seq: None,
+                        })
+                    });
+                let gap = Gap {
+                    reason: GapReason::Expired,
+                    superseded_by: None,
+                    detail,
+                };
+                self.close_slot(seq, EntryContent::Gap(gap), now, outcome);
+                ResolveOutcome::Gapped { parked }
+            }
+        };
+        Ok(Reply::Resolved(outcome_reply))
+    }
+
+    fn supersede(&mut self, seq: u64, by: u64, now: Timestamp, outcome: &mut BatchOutcome) {
+        let gap = Gap {
+            reason: GapReason::Superseded,
+            superseded_by: Some(by),
+            detail: None,
+        };
+        self.close_slot(seq, EntryContent::Gap(gap), now, outcome);
+    }
+
+    /// Allocate the next seq already COMMITTED with recovered work; returns it.
+    pub(crate) fn append_committed(
+        &mut self,
+        lease: &LeaseRecord,
+        body: OperationBody,
+        recovery: RecoveryInfo,
+        now: Timestamp,
+    ) -> u64 {
+        let n = self.slots.len() + 1;
+        let record = LeaseRecord {
+            seq: n,
+            token: Token::random(),
+            leased_at: now,
+            expires_at: now,
+            renewals: 0,
+            ..lease.clone()
+        };
+        let op = operation(lease, body, recovery);
+        self.committed.insert(lease.operation_id.clone(), n);
+        self.slots.push(Slot {
+            lease: record,
+            state: SlotState::Committed,
+            partial: None,
+            result: None,
+            resolved: Some((now, EntryContent::Operation(op))),
+            claim: None,
+            attempts: 0,
+        });
+        // The new slot is resolved at birth; the watermark may pass it once earlier ones are.
+        while self
+            .slots
+            .get(self.watermark + 1)
+            .is_some_and(|s| s.resolved.is_some())
+        {
+            self.watermark += 1;
+        }
+        n
+    }
+
+    /// Apply a recovery-queue action that needs this space (re-sequencing).
+    pub(crate) fn resequence(
+        &mut self,
+        item: &mut ParkedWork,
+        body: OperationBody,
+        recovery_type: RecoveryType,
+        now: Timestamp,
+        outcome: &mut BatchOutcome,
+    ) {
+        let at = match self.committed.get(&item.operation_id) {
+            Some(&existing) => existing,
+            None => {
+                let lease = LeaseRecord {
+                    space: self.name.clone(),
+                    seq: item.original_seq,
+                    token: Token([0; 16]),
+                    operation_id: item.operation_id.clone(),
+                    projection_type: item.projection_type.clone(),
+                    owner: "recovery".into(),
+                    fence: None,
+                    leased_at: now,
+                    expires_at: now,
+                    renewals: 0,
+                };
+                let recovery = RecoveryInfo {
+                    original_seq: item.original_seq,
+                    original_operation_id: item.operation_id.clone(),
+                    recovered_at: now,
+                    recovery_type,
+                };
+                let n = self.append_committed(&lease, body, recovery, now);
+                outcome.note_watermark(&self.name, self.watermark);
+                n
+            }
+        };
+        item.state = ParkedState::Resequenced;
+        item.resequenced_at_seq = Some(at);
+    }
+}
+
+fn operation(lease: &LeaseRecord, body: OperationBody, recovery: RecoveryInfo) -> Operation {
+    Operation {
+        operation_id: lease.operation_id.clone(),
+        projection_type: lease.projection_type.clone(),
+        body,
+        recovery: Some(recovery),
+    }
+}
+
+/// Check that `action` is allowed on an item in its current state.
+pub(crate) fn check_parked(item: &ParkedWork, command: &ParkedCommand) -> Result<(), LeaseError> {
+    let allowed = match command.action {
+        ParkedAction::Resequence { .. } | ParkedAction::Discard => {
+            matches!(item.state, ParkedState::Parked | ParkedState::Manual)
+        }
+        ParkedAction::Failed { .. } => item.state == ParkedState::Parked,
+        ParkedAction::Retry => item.state == ParkedState::Manual,
+    };
+    if allowed {
+        return Ok(());
+    }
+    Err(LeaseError::Parked {
+        id: item.id,
+        action: action_name(&command.action),
+        reason: format!("it is {}", item.state.as_str()),
+    })
+}
+
+pub(crate) fn action_name(action: &ParkedAction) -> &'static str {
+    match action {
+        ParkedAction::Resequence { .. } => "re-sequenced",
+        ParkedAction::Failed { .. } => "marked failed",
+        ParkedAction::Retry => "retried",
+        ParkedAction::Discard => "discarded",
+    }
+}
+
+/// Apply the state changes of an action that needs no space (the caller re-sequences).
+pub(crate) fn apply_parked(item: &mut ParkedWork, command: &ParkedCommand) {
+    let by = &command.actor;
+    match &command.action {
+        ParkedAction::Resequence { .. } => {}
+        ParkedAction::Failed {
+            error,
+            max_attempts,
+        } => {
+            item.attempts += 1;
+            if item.attempts >= *max_attempts {
+                item.state = ParkedState::Manual;
+            }
+            item.note = Some(format!("{error} (attempt {}, by {by})", item.attempts));
+        }
+        ParkedAction::Retry => {
+            item.state = ParkedState::Parked;
+            item.attempts = 0;
+            item.note = Some(format!("sent back to automatic recovery by {by}"));
+        }
+        ParkedAction::Discard => {
+            item.state = ParkedState::Discarded;
+            item.note = Some(format!("discarded by {by}"));
+        }
+    }
+}
