@@ -213,6 +213,14 @@ impl Lease {
         }
     }
 
+    /// Walk away from the slot without releasing it, as a process that crashed or stalled
+    /// would: the lease runs until its TTL and the cleanup service resolves the slot
+    /// (recovering recorded work). For fault injection and for handing a slot to recovery
+    /// on purpose; an ordinary worker releases or just drops the handle.
+    pub fn abandon(mut self) {
+        self.finished = true;
+    }
+
     async fn send(&mut self, command: Command) -> Result<Reply> {
         // Even after commit the store is asked: it answers a commit retry with
         // AlreadyCommitted and anything else with a typed refusal.

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rand::Rng;
+use seqlease::cleanup::{CleanupConfig, PartialWorkResolver};
+use seqlease::core::ExpiredSlot;
 use seqlease::{DEFAULT_URL, Engine, EntryContent, Grant, OperationBody, Space};
 use serde_json::json;
 
@@ -34,9 +36,14 @@ pub struct Args {
     /// Events in the synthetic stream.
     #[arg(long, default_value_t = 10_000)]
     events: u64,
-    /// Fraction of attempts in which a worker crashes before committing (0..1).
-    #[arg(long, default_value_t = 0.02)]
-    crash_rate: f64,
+    /// Fraction of attempts that hit a fault (0..1): a worker that crashes (drops its lease),
+    /// stalls past its TTL, or finishes but never commits. Stalls and lost commits need the
+    /// cleanup service, so on a store without recovery support only crashes are injected.
+    #[arg(long, default_value_t = 0.03)]
+    fault_rate: f64,
+    /// TTL of the demo's leases, in seconds (stalled slots resolve after it).
+    #[arg(long, default_value_t = 1.0)]
+    lease_ttl: f64,
     /// The space to write (default: a new `demo-<time>` space per run).
     #[arg(long)]
     space: Option<String>,
@@ -65,6 +72,8 @@ fn project(n: u64) -> (&'static str, Vec<u64>) {
 struct Counters {
     committed: AtomicU64,
     crashes: AtomicU64,
+    stalls: AtomicU64,
+    lost_commits: AtomicU64,
     read: AtomicU64,
     /// Set when every worker is done: the reader drains what is left and stops.
     writers_done: std::sync::atomic::AtomicBool,
@@ -73,9 +82,14 @@ struct Counters {
 pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     anyhow::ensure!(args.workers >= 1, "--workers must be at least 1");
     anyhow::ensure!(
-        (0.0..1.0).contains(&args.crash_rate),
-        "--crash-rate must be in [0, 1)"
+        (0.0..1.0).contains(&args.fault_rate),
+        "--fault-rate must be in [0, 1)"
     );
+    anyhow::ensure!(
+        args.lease_ttl.is_finite() && args.lease_ttl >= 0.01 && args.lease_ttl <= 3600.0,
+        "--lease-ttl must be between 0.01 and 3600 seconds"
+    );
+    let ttl = Duration::from_secs_f64(args.lease_ttl);
     let engine = Engine::builder()
         .url(&args.db)
         .owner("seqlease-demo")
@@ -98,17 +112,42 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         args.db
     );
 
+    // The cleanup service resolves what stalled or crashed workers leave behind.
+    let cleanup = match engine
+        .cleanup()
+        .config(CleanupConfig {
+            interval: Duration::from_millis(100),
+            ..CleanupConfig::default()
+        })
+        .resolver("orders", WhereClauseResolver)
+        .build()
+        .await
+    {
+        Ok(cleanup) => Some(cleanup.start()),
+        Err(e) => {
+            eprintln!("demo: no cleanup service on this store ({e}); injecting crashes only");
+            None
+        }
+    };
+    let faults = Faults {
+        rate: args.fault_rate,
+        recovery: cleanup.is_some(),
+        ttl,
+    };
+
     let counters = Arc::new(Counters::default());
     let started = Instant::now();
     let ticker = {
         let (c, s, total) = (counters.clone(), space.clone(), args.events);
         Ticker::start(Duration::from_millis(500), move || {
             format!(
-                "demo: {}/{} operations committed, watermark {}, {} crashes, reader at {}",
+                "demo: {}/{} events done, watermark {}, faults: {} crashes, {} stalls, {} lost commits; reader at {}",
                 c.committed.load(Ordering::Relaxed),
                 total,
                 s.watermark(),
                 c.crashes.load(Ordering::Relaxed),
+                c.stalls.load(Ordering::Relaxed),
+                c.lost_commits.load(Ordering::Relaxed),
                 c.read.load(Ordering::Relaxed)
             )
         })
@@ -126,20 +165,25 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let mut workers = Vec::new();
     for w in 0..args.workers {
         let (space, queue, counters) = (space.clone(), queue.clone(), counters.clone());
-        let crash_rate = args.crash_rate;
         workers.push(tokio::spawn(async move {
-            work(w, space, queue, counters, crash_rate).await
+            work(w, space, queue, counters, faults).await
         }));
     }
     for w in workers {
         w.await??;
     }
+    // Stalled slots resolve after their TTL plus a cleanup interval.
     let last_seq = space.info().await?.last_seq;
-    space.wait_for(last_seq, Duration::from_secs(60)).await?;
+    space
+        .wait_for(last_seq, ttl + Duration::from_secs(60))
+        .await?;
     let elapsed = started.elapsed();
     counters.writers_done.store(true, Ordering::Relaxed);
     let reader_seen = tokio::time::timeout(Duration::from_secs(60), reader).await???;
     drop(ticker);
+    if let Some(cleanup) = cleanup {
+        cleanup.stop().await;
+    }
 
     let report = verify(&space, start_seq, last_seq, &queue, &reader_seen).await?;
     let summary = json!({
@@ -151,7 +195,12 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         "committed": report.committed,
         "gaps": report.gaps,
         "gaps_by_reason": report.gaps_by_reason,
-        "crashes": counters.crashes.load(Ordering::Relaxed),
+        "committed_by": report.committed_by,
+        "faults": {
+            "crashes": counters.crashes.load(Ordering::Relaxed),
+            "stalls": counters.stalls.load(Ordering::Relaxed),
+            "lost_commits": counters.lost_commits.load(Ordering::Relaxed),
+        },
         "elapsed_ms": elapsed.as_millis() as u64,
         "operations_per_sec": (report.committed as f64 / elapsed.as_secs_f64()).round() as u64,
         "verified": report.problems.is_empty(),
@@ -165,7 +214,9 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             "committed  {} operations ({} events)",
             report.committed, args.events
         );
+        println!("           by {}", summary["committed_by"]);
         println!("gaps       {} {}", report.gaps, summary["gaps_by_reason"]);
+        println!("faults     {}", summary["faults"]);
         println!(
             "throughput {} operations/s in {:.2} s",
             summary["operations_per_sec"],
@@ -227,44 +278,131 @@ impl EventQueue {
     }
 }
 
+/// Which faults to inject.
+#[derive(Clone, Copy, Debug)]
+struct Faults {
+    /// Fraction of attempts that hit one.
+    rate: f64,
+    /// Stalls and lost commits too (they need the cleanup service).
+    recovery: bool,
+    /// Lease TTL.
+    ttl: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// The worker dies: the handle is dropped (released, or handed to recovery when work
+    /// was recorded).
+    Crash,
+    /// The worker hangs past its TTL with partial work recorded (bulk updates).
+    Stall,
+    /// The worker finished and recorded its result, but the commit never arrives.
+    LostCommit,
+}
+
+fn pick_fault(faults: Faults) -> Option<Fault> {
+    let mut rng = rand::rng();
+    if !rng.random_bool(faults.rate) {
+        return None;
+    }
+    if !faults.recovery {
+        return Some(Fault::Crash);
+    }
+    Some([Fault::Crash, Fault::Stall, Fault::LostCommit][rng.random_range(0..3)])
+}
+
 async fn work(
     worker: usize,
     space: Space,
     queue: Arc<EventQueue>,
     counters: Arc<Counters>,
-    crash_rate: f64,
+    faults: Faults,
 ) -> anyhow::Result<()> {
     let owner = format!("demo-worker-{worker}");
     while let Some(n) = queue.take().await {
-        let mut lease = space
-            .grant(
-                Grant::new(format!("{}/event-{n}", queue.run), "orders")
-                    .owner(&owner)
-                    .wait(Duration::from_secs(30)),
-            )
-            .await?;
+        let grant = Grant::new(format!("{}/event-{n}", queue.run), "orders")
+            .owner(&owner)
+            .ttl(faults.ttl);
+        let mut lease = space.grant(grant.wait(Duration::from_secs(60))).await?;
         let (kind, ids) = project(n);
-        if rand::rng().random_bool(crash_rate) {
-            // A crash: the handle is dropped without commit; the slot becomes a released
-            // gap and the event goes back to the stream.
+        let fault = pick_fault(faults);
+        if fault == Some(Fault::Crash) && !faults.recovery {
+            // Without a cleanup service, crash before anything is recorded: the dropped
+            // handle releases the slot, and the event is redelivered.
             drop(lease);
             counters.crashes.fetch_add(1, Ordering::Relaxed);
             queue.retry.lock().push(n);
             continue;
         }
-        if kind == "bulk_update" {
+        let recorded = kind == "bulk_update";
+        if recorded {
+            // The exploded where-clause: the concrete ids, checkpointed before the update.
             lease
                 .record_partial(serde_json::to_vec(&json!({ "where_result": ids }))?)
                 .await?;
         }
-        let payload = serde_json::to_vec(&json!({ "set": { "status": "shipped" }, "ids": ids }))?;
-        lease
-            .commit(OperationBody::new(kind, payload).with_source_event(format!("evt-{n}")))
-            .await?;
-        counters.committed.fetch_add(1, Ordering::Relaxed);
-        queue.done.fetch_add(1, Ordering::Relaxed);
+        let body = update(kind, &ids, n);
+        let Some(fault) = fault else {
+            lease.commit(body).await?;
+            counters.committed.fetch_add(1, Ordering::Relaxed);
+            queue.done.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let recoverable = match fault {
+            Fault::Crash => {
+                drop(lease); // with recorded work the store hands the slot to recovery
+                counters.crashes.fetch_add(1, Ordering::Relaxed);
+                recorded
+            }
+            Fault::Stall => {
+                lease.abandon();
+                counters.stalls.fetch_add(1, Ordering::Relaxed);
+                recorded
+            }
+            Fault::LostCommit => {
+                lease.record_result(body).await?;
+                lease.abandon();
+                counters.lost_commits.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+        };
+        if recoverable {
+            // Recovery finishes this attempt; the final verification checks it did.
+            queue.done.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // Nothing to recover: the slot becomes a gap and the stream redelivers.
+            queue.retry.lock().push(n);
+        }
     }
     Ok(())
+}
+
+/// The update operation for event `n`: set the status of the concrete ids it touches.
+fn update(kind: &str, ids: &[u64], n: u64) -> OperationBody {
+    let payload = json!({ "set": { "status": "shipped" }, "ids": ids }).to_string();
+    OperationBody::new(kind, payload).with_source_event(format!("evt-{n}"))
+}
+
+/// Recovery of a bulk update from its checkpoint: the recorded where-clause result is all
+/// the update needs.
+struct WhereClauseResolver;
+
+#[async_trait::async_trait]
+impl PartialWorkResolver for WhereClauseResolver {
+    async fn resolve(&self, slot: &ExpiredSlot, partial: &[u8]) -> Result<OperationBody, String> {
+        let checkpoint: serde_json::Value =
+            serde_json::from_slice(partial).map_err(|e| format!("bad checkpoint: {e}"))?;
+        let ids: Vec<u64> = serde_json::from_value(checkpoint["where_result"].clone())
+            .map_err(|e| format!("bad checkpoint: {e}"))?;
+        let event = slot
+            .lease
+            .operation_id
+            .rsplit("event-")
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        Ok(update("bulk_update", &ids, event))
+    }
 }
 
 /// Follow the log at the barrier; returns the seqs seen, in the order seen.
@@ -299,6 +437,8 @@ struct Report {
     committed: u64,
     gaps: u64,
     gaps_by_reason: HashMap<String, u64>,
+    /// "worker", or the recovery type that committed it.
+    committed_by: HashMap<String, u64>,
     problems: Vec<String>,
 }
 
@@ -312,6 +452,7 @@ async fn verify(
     let mut problems = Vec::new();
     let mut ops: HashMap<String, u64> = HashMap::new();
     let mut gaps_by_reason = HashMap::new();
+    let mut committed_by: HashMap<String, u64> = HashMap::new();
     let (mut committed, mut gaps, mut expected) = (0, 0, first);
     let store = space.engine().store().clone();
     while expected <= last {
@@ -334,6 +475,11 @@ async fn verify(
             match entry.content {
                 EntryContent::Operation(op) => {
                     committed += 1;
+                    let how = op
+                        .recovery
+                        .as_ref()
+                        .map_or("worker", |r| r.recovery_type.as_str());
+                    *committed_by.entry(how.to_string()).or_insert(0) += 1;
                     if let Some(prev) = ops.insert(op.operation_id.clone(), entry.seq) {
                         problems.push(format!(
                             "operation {} committed twice: seqs {prev} and {}",
@@ -368,6 +514,7 @@ async fn verify(
         committed,
         gaps,
         gaps_by_reason,
+        committed_by,
         problems,
     })
 }

@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod progress;
+mod recovery;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,10 @@ enum Command {
     Bench(bench::Args),
     /// Show every space: allocated seqs, watermark, in-flight leases, capacity.
     Status(status::Args),
+    /// The recovery queue: list parked work, retry it, or resolve it as a gap.
+    Recovery(recovery::Args),
+    /// Run the cleanup service (expired leases become recovered work or gaps).
+    Cleanup(recovery::CleanupArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +56,8 @@ fn main() -> std::process::ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Status(args) => status::run(args).await,
+            Command::Recovery(args) => recovery::run(args).await,
+            Command::Cleanup(args) => recovery::cleanup(args).await,
         }
     });
     match result {
