@@ -135,6 +135,8 @@ pub enum Reply {
     Resolved(crate::recovery::ResolveOutcome),
     /// A recovery-queue action applied; the item's new state.
     Parked(crate::recovery::ParkedWork),
+    /// A resource-lease operation succeeded.
+    Resource(crate::resource::ResourceReply),
 }
 
 /// How a batch moved one space forward.

@@ -147,6 +147,45 @@ pub enum LeaseError {
         /// Why not.
         reason: String,
     },
+    /// The resource is held by another agent.
+    #[error(
+        "resource {resource} is held by {holder} (epoch {epoch}) until {expires_at}; wait for it (acquire with a timeout) or pick another resource"
+    )]
+    ResourceHeld {
+        /// The resource.
+        resource: String,
+        /// Its holder.
+        holder: String,
+        /// The holder's epoch.
+        epoch: u64,
+        /// When the holder's lease expires unless renewed.
+        expires_at: Timestamp,
+    },
+    /// The agent does not hold the resource at that epoch (never did, released, expired, or
+    /// another holder took over).
+    #[error(
+        "{agent} does not hold {resource} at epoch {epoch} (current epoch {current}); the lease was lost: stop working on the resource and acquire it again"
+    )]
+    ResourceNotHeld {
+        /// The resource.
+        resource: String,
+        /// The agent.
+        agent: String,
+        /// The epoch it claimed.
+        epoch: u64,
+        /// The resource's current epoch (0: never held).
+        current: u64,
+    },
+    /// The holder has renewed as often as allowed.
+    #[error(
+        "lease on {resource} reached its maximum of {max} renewals; release it and acquire again so others get a turn"
+    )]
+    MaxRenewals {
+        /// The resource.
+        resource: String,
+        /// The limit.
+        max: u32,
+    },
     /// The fence epoch is no longer current (I9).
     #[error(
         "stale epoch rejected for {resource}: current {current}, attempted {attempted}; another holder owns the resource now, stop writing"

@@ -11,6 +11,7 @@ pub mod command;
 pub mod error;
 pub mod name;
 pub mod recovery;
+pub mod resource;
 pub mod store;
 pub mod time;
 pub mod types;
@@ -24,6 +25,9 @@ pub use name::{SpaceName, validate_id, validate_name};
 pub use recovery::{
     ClaimKey, ClaimRequest, ExpiredSlot, ParkedAction, ParkedCommand, ParkedQuery, ParkedState,
     ParkedWork, Placement, Resolution, Resolve, ResolveOutcome,
+};
+pub use resource::{
+    ResourceCommand, ResourceEvent, ResourceEventKind, ResourceLease, ResourceQuery, ResourceReply,
 };
 pub use store::{BatchingHint, ProgressListener, SlotView, Store};
 pub use time::{Clock, ManualClock, SystemClock, TimeControl, Timestamp};

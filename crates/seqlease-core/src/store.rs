@@ -48,6 +48,7 @@ use crate::command::{BatchOutcome, Command, SpaceProgress};
 use crate::error::StoreError;
 use crate::name::SpaceName;
 use crate::recovery::{ClaimRequest, ExpiredSlot, ParkedCommand, ParkedQuery, ParkedWork, Resolve};
+use crate::resource::{ResourceCommand, ResourceEvent, ResourceLease, ResourceQuery};
 use crate::time::Timestamp;
 use crate::types::{Entry, LeaseRecord, OperationBody, SlotState, SpaceConfig, SpaceInfo};
 
@@ -221,6 +222,72 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Unsupported {
             backend: self.backend(),
             what: "recovery",
+        })
+    }
+
+    // ---- resource leases (see `crate::resource`) ----
+
+    /// Whether commits check the fence of fenced sequence leases in the same transaction
+    /// (I9). The engine refuses fenced grants on stores that do not.
+    fn checks_fences(&self) -> bool {
+        false
+    }
+
+    /// Apply resource-lease commands in one transaction, in order; one reply per command
+    /// ([`Reply::Resource`], or [`LeaseError::ResourceHeld`] / [`LeaseError::ResourceNotHeld`]
+    /// / [`LeaseError::MaxRenewals`]). All checks use the store clock, read once.
+    ///
+    /// `Acquire`: if a live lease (`expires_at > now`) is held by another agent →
+    /// `ResourceHeld` (audit: conflict); held live by the same agent → renewed as below;
+    /// otherwise the agent becomes holder with `epoch = previous epoch + 1` (1 for a resource
+    /// never held), `expires_at = now + ttl`, renewals 0 (audit: acquired; an expired
+    /// previous holder is audited as expired first). `Renew`: the agent must hold it live at
+    /// that epoch (`ResourceNotHeld` otherwise); at `max_renewals` → `MaxRenewals`; else
+    /// `expires_at = now + ttl`, renewals + 1. `Release`: the agent must hold it at that
+    /// epoch (expired is fine); the lease is released, the epoch kept. `ReleaseAll` releases
+    /// every lease of the agent (audited as force-released with the actor when the actor is
+    /// not the agent). `ExpireStale` releases every expired lease (audit: expired).
+    /// Epochs are never reused or lowered, whatever happens to the lease rows.
+    async fn resources(&self, commands: Vec<ResourceCommand>) -> Result<BatchOutcome, StoreError> {
+        let _ = commands;
+        Err(StoreError::Unsupported {
+            backend: self.backend(),
+            what: "resource leases",
+        })
+    }
+
+    /// List resource leases (see [`ResourceQuery`]); for `Agent` and `Active`, only live ones.
+    async fn resource_leases(
+        &self,
+        query: &ResourceQuery,
+    ) -> Result<Vec<ResourceLease>, StoreError> {
+        let _ = query;
+        Err(StoreError::Unsupported {
+            backend: self.backend(),
+            what: "resource leases",
+        })
+    }
+
+    /// The current epoch of `resource` (0 if never held).
+    async fn resource_epoch(&self, resource: &str) -> Result<u64, StoreError> {
+        let _ = resource;
+        Err(StoreError::Unsupported {
+            backend: self.backend(),
+            what: "resource leases",
+        })
+    }
+
+    /// The audit history of `resource` (all resources when `None`), oldest first, at most
+    /// `limit` of the newest events.
+    async fn resource_history(
+        &self,
+        resource: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ResourceEvent>, StoreError> {
+        let _ = (resource, limit);
+        Err(StoreError::Unsupported {
+            backend: self.backend(),
+            what: "resource leases",
         })
     }
 }
