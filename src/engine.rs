@@ -31,6 +31,8 @@ pub(crate) struct EngineInner {
     pub(crate) dispatcher: Dispatcher,
     /// Set by the cleanup service during cascades: new leases get longer TTLs.
     pub(crate) recovery_mode: crate::cleanup::RecoveryMode,
+    /// Woken when a resource lease is released through this engine (waiting acquirers).
+    pub(crate) resource_released: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Engine {
@@ -239,6 +241,7 @@ impl EngineBuilder {
                 spaces,
                 dispatcher,
                 recovery_mode: Default::default(),
+                resource_released: tokio::sync::Notify::new(),
             }),
         })
     }

@@ -177,16 +177,18 @@ impl Space {
         let ttl = self.engine.inner.recovery_mode.extend(ttl);
         if let Some(fence) = &grant.fence {
             validate_name("resource", &fence.resource)?;
-            // Refuse rather than pretend: until resource leases exist no store can check the
-            // fence at commit, and a caller must never believe it is fenced when it is not.
-            return Err(InvalidInput::Setting {
-                setting: "fence",
-                reason: format!(
-                    "fenced sequence leases (resource {}, epoch {}) need resource leases, which this version does not have yet; grant without a fence",
-                    fence.resource, fence.epoch
-                ),
+            if !self.engine.store().checks_fences() {
+                // Refuse rather than pretend: this store cannot check the fence at commit,
+                // and a caller must never believe it is fenced when it is not.
+                return Err(InvalidInput::Setting {
+                    setting: "fence",
+                    reason: format!(
+                        "the {} store does not check fences yet (resource {}, epoch {}); grant without a fence or use a store that does",
+                        self.engine.store().backend(), fence.resource, fence.epoch
+                    ),
+                }
+                .into());
             }
-            .into());
         }
         Ok(GrantRequest {
             space: self.name.clone(),

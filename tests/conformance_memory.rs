@@ -49,3 +49,8 @@ mod recovery {
     use super::*;
     seqlease_conformance::recovery_suite!(Memory { group_commit: None });
 }
+
+mod resources {
+    use super::*;
+    seqlease_conformance::resource_suite!(Memory { group_commit: None });
+}

@@ -10,6 +10,7 @@ pub mod harness;
 pub mod model;
 pub mod postgres;
 pub mod recovery;
+pub mod resources;
 pub mod suite;
 
 pub use harness::{Fixture, Harness};
@@ -87,6 +88,37 @@ macro_rules! recovery_suite {
             async fn $name() {
                 let harness = $harness;
                 $crate::recovery::$name(&harness).await;
+            }
+        )*
+    };
+}
+
+/// Expand to one test per resource-lease check, each on a fresh store from `$harness`.
+/// For stores that implement resource leases and check fences.
+#[macro_export]
+macro_rules! resource_suite {
+    ($harness:expr) => {
+        $crate::resource_suite!(@each $harness;
+            one_of_many_agents_wins,
+            failover_grows_the_epoch,
+            paused_holder_is_fenced_off,
+            max_renewals_are_enforced,
+            blocking_acquire_is_woken_by_release,
+            force_release_of_a_crashed_agent,
+            shutdown_releases_and_stale_leases_expire,
+            ensure_and_validate_are_local,
+        );
+        #[test]
+        fn resource_model_matches_reference() {
+            $crate::resources::model_matches_reference(&$harness);
+        }
+    };
+    (@each $harness:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let harness = $harness;
+                $crate::resources::$name(&harness).await;
             }
         )*
     };

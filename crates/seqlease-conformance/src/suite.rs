@@ -996,12 +996,30 @@ pub async fn bad_input_is_refused_and_changes_nothing(h: &dyn Harness) {
             .unwrap_err(),
         Error::Invalid(_)
     ));
-    // Until resource leases exist nothing can check a fence: refuse instead of pretending.
-    let unfenceable = s
+    // A store that cannot check fences refuses fenced grants instead of pretending; one
+    // that can refuses a fence whose epoch is not the resource's current one.
+    let fenced = s
         .grant(Grant::new("op", "t").fence("orders-0", 1))
         .await
         .unwrap_err();
-    assert!(unfenceable.to_string().contains("fence"), "{unfenceable}");
+    if engine.store().checks_fences() {
+        assert!(
+            matches!(
+                fenced,
+                Error::Lease(LeaseError::StaleEpoch {
+                    current: 0,
+                    attempted: 1,
+                    ..
+                })
+            ),
+            "{fenced}"
+        );
+    } else {
+        assert!(
+            matches!(fenced, Error::Invalid(_)) && fenced.to_string().contains("fence"),
+            "{fenced}"
+        );
+    }
 
     let mut l = s.grant(Grant::new("big", "t")).await.unwrap();
     let e = l

@@ -142,7 +142,7 @@ pub struct ResourceEvent {
 /// Which resource leases to list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ResourceQuery {
-    /// One resource (held or not: an unheld one is listed with its last holder).
+    /// The live lease on one resource, if any.
     Resource(String),
     /// Live leases held by this agent.
     Agent(String),

@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 mod recovery;
+mod resources;
 mod space;
 
 use std::sync::Arc;
@@ -20,8 +21,9 @@ use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use seqlease_core::{
     BatchOutcome, BatchingHint, ClaimRequest, Clock, Command, Entry, ExpiredSlot, LeaseError,
-    ParkedAction, ParkedCommand, ParkedQuery, ParkedWork, Reply, Resolve, SlotView, SpaceConfig,
-    SpaceInfo, SpaceName, Store, StoreError, SystemClock, Timestamp,
+    ParkedAction, ParkedCommand, ParkedQuery, ParkedWork, Reply, Resolve, ResourceCommand,
+    ResourceEvent, ResourceLease, ResourceQuery, SlotView, SpaceConfig, SpaceInfo, SpaceName,
+    Store, StoreError, SystemClock, Timestamp,
 };
 
 use space::SpaceState;
@@ -33,6 +35,8 @@ pub struct MemoryStore {
     spaces: RwLock<foldhash::HashMap<SpaceName, Arc<Mutex<SpaceState>>>>,
     /// The recovery queue; an item's id is its index + 1.
     parked: Mutex<Vec<ParkedWork>>,
+    /// Resource leases and their epochs. Lock order: a space, then this.
+    resources: Mutex<resources::Resources>,
 }
 
 impl MemoryStore {
@@ -47,6 +51,7 @@ impl MemoryStore {
             clock,
             spaces: RwLock::new(foldhash::HashMap::default()),
             parked: Mutex::new(Vec::new()),
+            resources: Mutex::new(resources::Resources::default()),
         }
     }
 
@@ -124,7 +129,9 @@ impl Store for MemoryStore {
                 current = self.space(name).map(|s| (name.clone(), s));
             }
             let reply = match &current {
-                Some((_, space)) => space.lock().apply(command, now, &mut outcome),
+                Some((_, space)) => space.lock().apply(command, now, &mut outcome, &|r| {
+                    self.resources.lock().epoch(r)
+                }),
                 None => Err(seqlease_core::LeaseError::UnknownSpace {
                     space: name.clone(),
                 }),
@@ -256,5 +263,41 @@ impl Store for MemoryStore {
             outcome.replies.push(reply);
         }
         Ok(outcome)
+    }
+
+    fn checks_fences(&self) -> bool {
+        true
+    }
+
+    async fn resources(&self, commands: Vec<ResourceCommand>) -> Result<BatchOutcome, StoreError> {
+        let now = self.clock.now();
+        let mut resources = self.resources.lock();
+        let replies = commands
+            .into_iter()
+            .map(|c| resources.apply(c, now).map(Reply::Resource))
+            .collect();
+        Ok(BatchOutcome {
+            replies,
+            progress: Vec::new(),
+        })
+    }
+
+    async fn resource_leases(
+        &self,
+        query: &ResourceQuery,
+    ) -> Result<Vec<ResourceLease>, StoreError> {
+        Ok(self.resources.lock().query(query, self.clock.now()))
+    }
+
+    async fn resource_epoch(&self, resource: &str) -> Result<u64, StoreError> {
+        Ok(self.resources.lock().epoch(resource))
+    }
+
+    async fn resource_history(
+        &self,
+        resource: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ResourceEvent>, StoreError> {
+        Ok(self.resources.lock().history(resource, limit))
     }
 }

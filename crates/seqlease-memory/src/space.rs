@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use seqlease_core::{
-    BatchOutcome, Command, CommitOutcome, CommitStatus, Entry, EntryContent, Gap, GapReason,
+    BatchOutcome, Command, CommitOutcome, CommitStatus, Entry, EntryContent, Fence, Gap, GapReason,
     GrantRequest, LeaseError, LeaseKey, LeaseRecord, Operation, OperationBody, ReleaseOutcome,
     Reply, SlotState, SlotView, SpaceConfig, SpaceInfo, SpaceName, Timestamp, Token,
 };
@@ -66,14 +66,21 @@ impl SpaceState {
         }
     }
 
+    /// Apply one command. `epoch_of` reads a resource's current epoch, for fences (I9).
     pub(crate) fn apply(
         &mut self,
         command: Command,
         now: Timestamp,
         outcome: &mut BatchOutcome,
+        epoch_of: &dyn Fn(&str) -> u64,
     ) -> Result<Reply, LeaseError> {
         match command {
-            Command::Grant(req) => self.grant(req, now).map(Reply::Granted),
+            Command::Grant(req) => {
+                if let Some(fence) = &req.fence {
+                    check_fence(fence, epoch_of)?;
+                }
+                self.grant(req, now).map(Reply::Granted)
+            }
             Command::Renew { key, ttl } => self.renew(&key, ttl, now),
             Command::RecordPartial { key, data } => {
                 self.live_slot(&key, now)?.partial = Some(data);
@@ -83,7 +90,7 @@ impl SpaceState {
                 self.live_slot(&key, now)?.result = Some(body);
                 Ok(Reply::Recorded)
             }
-            Command::Commit { key, body } => self.commit(&key, body, now, outcome),
+            Command::Commit { key, body } => self.commit(&key, body, now, outcome, epoch_of),
             Command::Release { key, detail } => self.release(&key, detail, now, outcome),
         }
     }
@@ -141,6 +148,7 @@ impl SpaceState {
         body: OperationBody,
         now: Timestamp,
         outcome: &mut BatchOutcome,
+        epoch_of: &dyn Fn(&str) -> u64,
     ) -> Result<Reply, LeaseError> {
         let slot = self.slot_with_token(key)?;
         if slot.state == SlotState::Committed {
@@ -151,7 +159,9 @@ impl SpaceState {
                 status,
             }));
         }
-        self.live_slot(key, now)?;
+        if let Some(fence) = &self.live_slot(key, now)?.lease.fence {
+            check_fence(fence, epoch_of)?;
+        }
         let seq = key.seq;
         let operation_id = self
             .slots
@@ -316,6 +326,19 @@ impl SpaceState {
             result: slot.result.clone(),
         })
     }
+}
+
+/// Refuse a write whose fence epoch is no longer the resource's current epoch (I9).
+fn check_fence(fence: &Fence, epoch_of: &dyn Fn(&str) -> u64) -> Result<(), LeaseError> {
+    let current = epoch_of(&fence.resource);
+    if current != fence.epoch {
+        return Err(LeaseError::StaleEpoch {
+            resource: fence.resource.clone(),
+            current,
+            attempted: fence.epoch,
+        });
+    }
+    Ok(())
 }
 
 /// Slots in fixed-size chunks: appending never moves what is already stored, so a log of

@@ -1,0 +1,447 @@
+//! Resource-lease checks: exclusive ownership, epochs that only grow, fencing (I9), the
+//! lease keeper. Stores that implement resource leases invoke
+//! [`resource_suite!`](crate::resource_suite).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use seqlease::{Acquire, Error, Grant, LeaseError, OperationBody};
+use seqlease_core::{Reply, ResourceCommand, ResourceEventKind, ResourceReply};
+
+use crate::harness::Harness;
+
+const TTL: Duration = Duration::from_secs(30);
+const SOON: Duration = Duration::from_secs(20);
+
+/// Many agents compete for one resource: exactly one wins.
+pub async fn one_of_many_agents_wins(h: &dyn Harness) {
+    let fx = h.fresh().await;
+    let engine = fx.engine().await;
+    let mut tasks = Vec::new();
+    for a in 0..16 {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            let keeper = engine.lease_keeper(&format!("agent-{a}")).await.unwrap();
+            keeper.acquire(Acquire::new("orders-0").ttl(TTL)).await
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(lease) => {
+                winners += 1;
+                assert_eq!(lease.epoch, 1);
+            }
+            Err(Error::Lease(LeaseError::ResourceHeld { epoch: 1, .. })) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(winners, 1, "exactly one agent holds the resource");
+    let history = engine
+        .resource_history(Some("orders-0"), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .filter(|e| e.kind == ResourceEventKind::Conflict)
+            .count(),
+        15
+    );
+}
+
+/// Failover after expiry and after release: the epoch grows with every new holder, the old
+/// holder can neither renew nor release, and renewals keep the epoch.
+pub async fn failover_grows_the_epoch(h: &dyn Harness) {
+    let fx = h.fresh().await;
+    let engine = fx.engine().await;
+    let (a, b) = (
+        engine.lease_keeper("a").await.unwrap(),
+        engine.lease_keeper("b").await.unwrap(),
+    );
+    assert_eq!(
+        a.acquire(Acquire::new("shard-1").ttl(TTL))
+            .await
+            .unwrap()
+            .epoch,
+        1
+    );
+    fx.advance(TTL / 2);
+    assert_eq!(a.renew_now().await.unwrap(), 1);
+    assert_eq!(a.ensure("shard-1").unwrap(), 1, "renewal keeps the epoch");
+    fx.advance(TTL);
+    let b1 = b.acquire(Acquire::new("shard-1").ttl(TTL)).await.unwrap();
+    assert_eq!(b1.epoch, 2, "failover after expiry");
+    let mut lost = a.lost();
+    assert_eq!(a.renew_now().await.unwrap(), 0, "a lost it");
+    assert_eq!(lost.recv().await.unwrap().epoch, 1);
+    assert!(a.ensure("shard-1").is_err());
+    b.release("shard-1").await.unwrap();
+    assert!(!engine.is_locked("shard-1").await.unwrap());
+    assert_eq!(
+        a.acquire(Acquire::new("shard-1").ttl(TTL))
+            .await
+            .unwrap()
+            .epoch,
+        3,
+        "failover after release"
+    );
+    assert!(engine.has_lease("a", "shard-1").await.unwrap());
+    assert_eq!(engine.store().resource_epoch("shard-1").await.unwrap(), 3);
+    assert_eq!(
+        engine.store().resource_epoch("never-held").await.unwrap(),
+        0
+    );
+    // A stale release is refused.
+    let stale = engine
+        .store()
+        .resources(vec![ResourceCommand::Release {
+            resource: "shard-1".into(),
+            agent: "b".into(),
+            epoch: 2,
+        }])
+        .await
+        .unwrap();
+    assert!(matches!(
+        stale.replies[0],
+        Err(LeaseError::ResourceNotHeld { current: 3, .. })
+    ));
+}
+
+/// A holder paused past its TTL comes back and commits under its old fence: refused with
+/// a stale-epoch error naming resource, current and attempted epoch; nothing written (I9).
+pub async fn paused_holder_is_fenced_off(h: &dyn Harness) {
+    let fx = h.fresh().await;
+    let engine = fx.engine().await;
+    if !engine.store().checks_fences() {
+        panic!("resource_suite! needs a store that checks fences");
+    }
+    let space = engine.space("fenced").await.unwrap();
+    let (a, b) = (
+        engine.lease_keeper("a").await.unwrap(),
+        engine.lease_keeper("b").await.unwrap(),
+    );
+    let held = a.acquire(Acquire::new("orders-0").ttl(TTL)).await.unwrap();
+    let mut slot = space
+        .grant(
+            Grant::new("op-1", "orders")
+                .fence("orders-0", held.epoch)
+                .ttl(TTL * 4),
+        )
+        .await
+        .unwrap();
+    let mut fine = space
+        .grant(
+            Grant::new("op-0", "orders")
+                .fence("orders-0", held.epoch)
+                .ttl(TTL * 4),
+        )
+        .await
+        .unwrap();
+    fine.commit(OperationBody::new("update", b"ok".to_vec()))
+        .await
+        .expect("a current fence commits");
+    fx.advance(TTL * 2); // a is paused for a minute
+    assert_eq!(
+        b.acquire(Acquire::new("orders-0").ttl(TTL))
+            .await
+            .unwrap()
+            .epoch,
+        2
+    );
+    let e = slot
+        .commit(OperationBody::new("update", b"late".to_vec()))
+        .await
+        .unwrap_err();
+    match &e {
+        Error::Lease(LeaseError::StaleEpoch {
+            resource,
+            current: 2,
+            attempted: 1,
+        }) => assert_eq!(resource, "orders-0"),
+        other => panic!("expected a stale epoch, got {other}"),
+    }
+    assert!(
+        e.to_string()
+            .contains("stale epoch rejected for orders-0: current 2, attempted 1"),
+        "{e}"
+    );
+    let view = engine.store().slot(space.name(), 1).await.unwrap().unwrap();
+    assert_eq!(
+        view.state,
+        seqlease::SlotState::Leased,
+        "nothing written for the stale commit"
+    );
+    let late = space
+        .grant(Grant::new("op-2", "orders").fence("orders-0", 1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(late, Error::Lease(LeaseError::StaleEpoch { .. })),
+        "stale fences are refused at grant too"
+    );
+}
+
+/// Maximum renewals: the holder must let go after that many renewals.
+pub async fn max_renewals_are_enforced(h: &dyn Harness) {
+    let fx = h.fresh().await;
+    let engine = fx.engine().await;
+    let a = engine.lease_keeper("a").await.unwrap();
+    a.acquire(Acquire::new("file-7").ttl(TTL).max_renewals(2))
+        .await
+        .unwrap();
+    assert_eq!(a.renew_now().await.unwrap(), 1);
+    assert_eq!(a.renew_now().await.unwrap(), 1);
+    let mut lost = a.lost();
+    assert_eq!(a.renew_now().await.unwrap(), 0);
+    assert!(
+        lost.recv()
+            .await
+            .unwrap()
+            .reason
+            .contains("maximum of 2 renewals")
+    );
+}
+
+/// A blocking acquire is woken by the release (the poll fallback is an hour in tests).
+pub async fn blocking_acquire_is_woken_by_release(h: &dyn Harness) {
+    let fx = h.fresh().await;
+    let engine = fx.engine().await;
+    let (a, b) = (
+        engine.lease_keeper("a").await.unwrap(),
+        engine.lease_keeper("b").await.unwrap(),
+    );
+    a.acquire(Acquire::new("orders-0").ttl(TTL)).await.unwrap();
+    let timed_out = b
+        .acquire(
+            Acquire::new("orders-0")
+                .ttl(TTL)
+                .wait(Duration::from_millis(20)),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(timed_out, Error::Timeout { .. }), "{timed_out}");
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.acquire(Acquire::new("orders-0").ttl(TTL).wait(SOON))
+                .await
+        })
+    };
+    tokio::task::yield_now().await;
+    a.release("orders-0").await.unwrap();
+    let lease = tokio::time::timeout(SOON, waiter)
+        .await
+        .expect("woken")
+        .unwrap()
+        .unwrap();
+    assert_eq!((lease.holder.as_str(), lease.epoch), ("b", 2));
+}
+
+/// An operator force-releases a crashed agent's leases; the audit history names the actor.
+pub async fn force_release_of_a_crashed_agent(h: &dyn Harness) {
+    let fx = h.fresh().await;
+    let engine = fx.engine().await;
+    let crashed = engine.lease_keeper("crashed").await.unwrap();
+    for r in ["p-1", "p-2", "p-3"] {
+        crashed
+            .acquire(Acquire::new(r).ttl(TTL).metadata(r#"{"host":"node-7"}"#))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        engine.resource_leases(Some("crashed")).await.unwrap().len(),
+        3
+    );
+    assert_eq!(engine.force_release("crashed", "alice").await.unwrap(), 3);
+    assert!(engine.resource_leases(None).await.unwrap().is_empty());
+    let history = engine.resource_history(None, 100).await.unwrap();
+    let forced: Vec<_> = history
+        .iter()
+        .filter(|e| e.kind == ResourceEventKind::ForceReleased)
+        .collect();
+    assert_eq!(forced.len(), 3);
+    assert!(
+        forced
+            .iter()
+            .all(|e| e.actor == "alice" && e.agent == "crashed")
+    );
+    let next = engine.lease_keeper("next").await.unwrap();
+    assert_eq!(
+        next.acquire(Acquire::new("p-2").ttl(TTL))
+            .await
+            .unwrap()
+            .epoch,
+        2
+    );
+}
+
+/// Graceful shutdown releases everything; expired leases are swept and audited.
+pub async fn shutdown_releases_and_stale_leases_expire(h: &dyn Harness) {
+    let fx = h.fresh().await;
+    let engine = fx.engine().await;
+    let a = engine.lease_keeper("a").await.unwrap();
+    a.acquire(Acquire::new("r-1").ttl(TTL)).await.unwrap();
+    a.acquire(Acquire::new("r-2").ttl(TTL)).await.unwrap();
+    assert_eq!(a.shutdown().await.unwrap(), 2);
+    assert!(a.held().is_empty());
+    let b = engine.lease_keeper("b").await.unwrap();
+    b.acquire(Acquire::new("r-3").ttl(TTL)).await.unwrap();
+    fx.advance(TTL);
+    let out = engine
+        .store()
+        .resources(vec![ResourceCommand::ExpireStale])
+        .await
+        .unwrap();
+    assert!(matches!(
+        out.replies[0],
+        Ok(Reply::Resource(ResourceReply::Count(1)))
+    ));
+    let history = engine.resource_history(Some("r-3"), 10).await.unwrap();
+    assert_eq!(
+        history.last().map(|e| e.kind),
+        Some(ResourceEventKind::Expired)
+    );
+}
+
+/// `ensure` and `validate` answer from the local cache.
+pub async fn ensure_and_validate_are_local(h: &dyn Harness) {
+    let fx = h.fresh().await;
+    let engine = fx.engine().await;
+    let a = engine.lease_keeper("a").await.unwrap();
+    let held = a.acquire(Acquire::new("orders-0").ttl(TTL)).await.unwrap();
+    assert_eq!(a.ensure("orders-0").unwrap(), held.epoch);
+    assert!(a.validate("orders-0", held.epoch));
+    assert!(!a.validate("orders-0", held.epoch + 1));
+    assert!(a.ensure("orders-1").is_err());
+    assert!(a.validate_epoch("orders-0", held.epoch).await.unwrap());
+    assert_eq!(a.held(), vec![("orders-0".to_string(), held.epoch)]);
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Acquire(u8, u8),
+    Renew(u8, u8),
+    Release(u8, u8),
+    Advance(u8),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0u8..3, 0u8..2).prop_map(|(a, r)| Step::Acquire(a, r)),
+        2 => (0u8..3, 0u8..2).prop_map(|(a, r)| Step::Renew(a, r)),
+        2 => (0u8..3, 0u8..2).prop_map(|(a, r)| Step::Release(a, r)),
+        2 => (1u8..4).prop_map(Step::Advance),
+    ]
+}
+
+/// Random acquire/renew/release/clock sequences by three agents on two resources, against a
+/// reference model: same winners, same epochs, epochs never go back.
+pub fn model_matches_reference(h: &dyn Harness) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut runner = TestRunner::new(Config {
+        cases: 48,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&proptest::collection::vec(step(), 1..60), |steps| {
+        runtime.block_on(async {
+            let fx = h.fresh().await;
+            let store = fx.store.clone();
+            // model: resource -> (epoch, holder, expires_s, released)
+            let mut model: [(u64, u8, i64, bool); 2] = [(0, 0, 0, true); 2];
+            let mut now: i64 = 0;
+            let ttl = 2i64;
+            let mut seen_epochs = [0u64; 2];
+            for step in steps {
+                let (cmd, expect) = match step {
+                    Step::Advance(s) => {
+                        fx.advance(Duration::from_secs(s as u64));
+                        now += s as i64;
+                        continue;
+                    }
+                    Step::Acquire(a, r) => {
+                        let m = &mut model[r as usize];
+                        let live = !m.3 && m.2 > now;
+                        let expect = if live && m.1 != a {
+                            Err(())
+                        } else if live {
+                            m.2 = now + ttl;
+                            Ok(m.0)
+                        } else {
+                            *m = (m.0 + 1, a, now + ttl, false);
+                            Ok(m.0)
+                        };
+                        let cmd = ResourceCommand::Acquire {
+                            resource: format!("r{r}"),
+                            agent: format!("a{a}"),
+                            ttl: Duration::from_secs(ttl as u64),
+                            max_renewals: None,
+                            metadata: None,
+                        };
+                        (cmd, expect)
+                    }
+                    Step::Renew(a, r) => {
+                        let m = &mut model[r as usize];
+                        let ok = !m.3 && m.2 > now && m.1 == a;
+                        if ok {
+                            m.2 = now + ttl;
+                        }
+                        let cmd = ResourceCommand::Renew {
+                            resource: format!("r{r}"),
+                            agent: format!("a{a}"),
+                            epoch: m.0,
+                            ttl: Duration::from_secs(ttl as u64),
+                        };
+                        (cmd, if ok { Ok(m.0) } else { Err(()) })
+                    }
+                    Step::Release(a, r) => {
+                        let m = &mut model[r as usize];
+                        let ok = !m.3 && m.1 == a && m.0 > 0;
+                        if ok {
+                            m.3 = true;
+                        }
+                        let cmd = ResourceCommand::Release {
+                            resource: format!("r{r}"),
+                            agent: format!("a{a}"),
+                            epoch: m.0,
+                        };
+                        (cmd, if ok { Ok(m.0) } else { Err(()) })
+                    }
+                };
+                let out = store
+                    .resources(vec![cmd.clone()])
+                    .await
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let got = match &out.replies[0] {
+                    Ok(Reply::Resource(ResourceReply::Held(l))) => Ok(l.epoch),
+                    Ok(Reply::Resource(ResourceReply::Released)) => Ok(expect.unwrap_or(0)),
+                    Ok(other) => return Err(TestCaseError::fail(format!("unexpected {other:?}"))),
+                    Err(_) => Err(()),
+                };
+                prop_assert_eq!(got, expect, "{:?}", cmd);
+                for r in 0..2 {
+                    let e = store
+                        .resource_epoch(&format!("r{r}"))
+                        .await
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    prop_assert!(e >= seen_epochs[r], "I9: epoch of r{} went back", r);
+                    prop_assert_eq!(e, model[r].0);
+                    seen_epochs[r] = e;
+                }
+            }
+            let epochs: HashSet<u64> = seen_epochs.iter().copied().collect();
+            prop_assert!(!epochs.is_empty());
+            Ok(())
+        })
+    });
+    if let Err(e) = result {
+        panic!("resource model test failed: {e}");
+    }
+}
