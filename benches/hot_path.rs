@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use seqlease::{Engine, Grant, OperationBody, Space, SpaceConfig};
+use seqlease::{Acquire, Engine, Grant, OperationBody, Space, SpaceConfig};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -56,7 +56,51 @@ fn cycle(c: &mut Criterion, name: &str, url: String) {
     });
 }
 
+/// `ensure` of a held resource lease: answered from the keeper's local cache.
+fn keeper_ensure(c: &mut Criterion) {
+    let rt = runtime();
+    let keeper = rt.block_on(async {
+        let engine = Engine::open("memory").await.expect("engine");
+        let keeper = engine.lease_keeper("bench").await.expect("keeper");
+        keeper
+            .acquire(Acquire::new("orders-0"))
+            .await
+            .expect("acquire");
+        keeper
+    });
+    c.bench_function("keeper_ensure/held", |b| {
+        b.iter(|| keeper.ensure("orders-0").expect("held"))
+    });
+    c.bench_function("keeper_validate/held", |b| {
+        b.iter(|| keeper.validate("orders-0", 1))
+    });
+}
+
+/// One renewal cycle of 1,000 held resource leases: one batched store call.
+fn keeper_renew_1000(c: &mut Criterion, name: &str, url: String) {
+    let rt = runtime();
+    let keeper = rt.block_on(async {
+        let engine = Engine::open(&url).await.expect("engine");
+        let keeper = engine.lease_keeper("bench").await.expect("keeper");
+        for i in 0..1000 {
+            keeper
+                .acquire(Acquire::new(format!("shard-{i}")))
+                .await
+                .expect("acquire");
+        }
+        keeper
+    });
+    c.bench_function(name, |b| {
+        b.to_async(&rt).iter(|| {
+            let keeper = keeper.clone();
+            async move { assert_eq!(keeper.renew_now().await.expect("renew"), 1000) }
+        })
+    });
+}
+
 fn benches(c: &mut Criterion) {
+    keeper_ensure(c);
+    keeper_renew_1000(c, "keeper_renew_1000/memory", "memory".into());
     cycle(c, "grant_commit_cycle/memory", "memory".into());
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
