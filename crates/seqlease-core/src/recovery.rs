@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use crate::error::LeaseError;
 use crate::name::SpaceName;
 use crate::time::Timestamp;
 use crate::types::{LeaseRecord, OperationBody, RecoveryType, Token};
@@ -217,4 +218,62 @@ pub struct ParkedQuery {
     pub states: Vec<ParkedState>,
     /// Most items (oldest first).
     pub limit: usize,
+}
+
+// ---- the recovery-queue state machine, shared by every store ----
+
+/// Check that `action` is allowed on an item in its current state.
+pub fn check_parked(item: &ParkedWork, command: &ParkedCommand) -> Result<(), LeaseError> {
+    let allowed = match command.action {
+        ParkedAction::Resequence { .. } | ParkedAction::Discard => {
+            matches!(item.state, ParkedState::Parked | ParkedState::Manual)
+        }
+        ParkedAction::Failed { .. } => item.state == ParkedState::Parked,
+        ParkedAction::Retry => item.state == ParkedState::Manual,
+    };
+    if allowed {
+        return Ok(());
+    }
+    Err(LeaseError::Parked {
+        id: item.id,
+        action: action_name(&command.action),
+        reason: format!("it is {}", item.state.as_str()),
+    })
+}
+
+/// How an action reads in messages ("retried", "discarded", …).
+pub fn action_name(action: &ParkedAction) -> &'static str {
+    match action {
+        ParkedAction::Resequence { .. } => "re-sequenced",
+        ParkedAction::Failed { .. } => "marked failed",
+        ParkedAction::Retry => "retried",
+        ParkedAction::Discard => "discarded",
+    }
+}
+
+/// Apply the state changes of an action that needs no space (the caller re-sequences).
+pub fn apply_parked(item: &mut ParkedWork, command: &ParkedCommand) {
+    let by = &command.actor;
+    match &command.action {
+        ParkedAction::Resequence { .. } => {}
+        ParkedAction::Failed {
+            error,
+            max_attempts,
+        } => {
+            item.attempts += 1;
+            if item.attempts >= *max_attempts {
+                item.state = ParkedState::Manual;
+            }
+            item.note = Some(format!("{error} (attempt {}, by {by})", item.attempts));
+        }
+        ParkedAction::Retry => {
+            item.state = ParkedState::Parked;
+            item.attempts = 0;
+            item.note = Some(format!("sent back to automatic recovery by {by}"));
+        }
+        ParkedAction::Discard => {
+            item.state = ParkedState::Discarded;
+            item.note = Some(format!("discarded by {by}"));
+        }
+    }
 }

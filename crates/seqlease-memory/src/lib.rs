@@ -237,10 +237,10 @@ impl Store for MemoryStore {
                         .and_then(|i| parked.get_mut(i))
                         .ok_or_else(|| LeaseError::Parked {
                             id: command.id,
-                            action: recovery::action_name(&command.action),
+                            action: seqlease_core::recovery::action_name(&command.action),
                             reason: "no such item in the recovery queue".into(),
                         })?;
-                recovery::check_parked(item, &command)?;
+                seqlease_core::recovery::check_parked(item, &command)?;
                 if let ParkedAction::Resequence {
                     body,
                     recovery_type,
@@ -256,7 +256,7 @@ impl Store for MemoryStore {
                         .resequence(item, body.clone(), *recovery_type, now, &mut outcome);
                     item.note = Some(format!("re-sequenced by {}", command.actor));
                 } else {
-                    recovery::apply_parked(item, &command);
+                    seqlease_core::recovery::apply_parked(item, &command);
                 }
                 Ok(Reply::Parked(item.clone()))
             })();

@@ -4,9 +4,8 @@
 
 use seqlease_core::{
     BatchOutcome, ClaimKey, ClaimRequest, EntryContent, ExpiredSlot, Gap, GapReason, LeaseError,
-    LeaseRecord, Operation, OperationBody, ParkedAction, ParkedCommand, ParkedState, ParkedWork,
-    Placement, RecoveryInfo, RecoveryType, Reply, Resolution, Resolve, ResolveOutcome, SlotState,
-    Timestamp, Token,
+    LeaseRecord, Operation, OperationBody, ParkedState, ParkedWork, Placement, RecoveryInfo,
+    RecoveryType, Reply, Resolution, Resolve, ResolveOutcome, SlotState, Timestamp, Token,
 };
 
 use crate::space::{Claim, Slot, SpaceState};
@@ -256,60 +255,5 @@ fn operation(lease: &LeaseRecord, body: OperationBody, recovery: RecoveryInfo) -
         projection_type: lease.projection_type.clone(),
         body,
         recovery: Some(recovery),
-    }
-}
-
-/// Check that `action` is allowed on an item in its current state.
-pub(crate) fn check_parked(item: &ParkedWork, command: &ParkedCommand) -> Result<(), LeaseError> {
-    let allowed = match command.action {
-        ParkedAction::Resequence { .. } | ParkedAction::Discard => {
-            matches!(item.state, ParkedState::Parked | ParkedState::Manual)
-        }
-        ParkedAction::Failed { .. } => item.state == ParkedState::Parked,
-        ParkedAction::Retry => item.state == ParkedState::Manual,
-    };
-    if allowed {
-        return Ok(());
-    }
-    Err(LeaseError::Parked {
-        id: item.id,
-        action: action_name(&command.action),
-        reason: format!("it is {}", item.state.as_str()),
-    })
-}
-
-pub(crate) fn action_name(action: &ParkedAction) -> &'static str {
-    match action {
-        ParkedAction::Resequence { .. } => "re-sequenced",
-        ParkedAction::Failed { .. } => "marked failed",
-        ParkedAction::Retry => "retried",
-        ParkedAction::Discard => "discarded",
-    }
-}
-
-/// Apply the state changes of an action that needs no space (the caller re-sequences).
-pub(crate) fn apply_parked(item: &mut ParkedWork, command: &ParkedCommand) {
-    let by = &command.actor;
-    match &command.action {
-        ParkedAction::Resequence { .. } => {}
-        ParkedAction::Failed {
-            error,
-            max_attempts,
-        } => {
-            item.attempts += 1;
-            if item.attempts >= *max_attempts {
-                item.state = ParkedState::Manual;
-            }
-            item.note = Some(format!("{error} (attempt {}, by {by})", item.attempts));
-        }
-        ParkedAction::Retry => {
-            item.state = ParkedState::Parked;
-            item.attempts = 0;
-            item.note = Some(format!("sent back to automatic recovery by {by}"));
-        }
-        ParkedAction::Discard => {
-            item.state = ParkedState::Discarded;
-            item.note = Some(format!("discarded by {by}"));
-        }
     }
 }
