@@ -61,3 +61,8 @@ mod direct {
         group_commit: Some(false)
     });
 }
+
+mod recovery {
+    use super::*;
+    seqlease_conformance::recovery_suite!(Postgres { group_commit: None });
+}

@@ -27,7 +27,7 @@ use crate::error::{BACKEND, map_sqlx};
 pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
 
 /// The tables seqlease reads and writes.
-const TABLES: [&str; 3] = ["spaces", "slots", "owners"];
+const TABLES: [&str; 4] = ["spaces", "slots", "owners", "parked"];
 
 /// A connected, migrated pool.
 pub(crate) struct Connected {
@@ -320,7 +320,7 @@ async fn check_privileges(conn: &mut sqlx::PgConnection, target: &str) -> Result
     Err(StoreError::Permission {
         backend: BACKEND,
         detail: format!(
-            "role {user} lacks SELECT, INSERT or UPDATE on {} at {target}; run GRANT SELECT, INSERT, UPDATE ON spaces, slots, owners TO {user}",
+            "role {user} lacks SELECT, INSERT or UPDATE on {} at {target}; run GRANT SELECT, INSERT, UPDATE ON spaces, slots, owners, parked TO {user}",
             missing.join(", ")
         ),
     })

@@ -37,7 +37,8 @@
 //!
 //! The modules: `connect` (pool, migrations, schema and privilege checks), `execute` (the
 //! batch transaction), `read` (spaces, the ordered log and slots), `notify` (LISTEN task),
-//! `liveness` (owner locks and the dead-owner probe) and `error` (mapping PostgreSQL
+//! `liveness` (owner locks and the dead-owner probe), `recovery` (claims, resolution and
+//! the queue of parked work) and `error` (mapping PostgreSQL
 //! failures to [`StoreError`]).
 
 #![warn(missing_docs)]
@@ -48,6 +49,7 @@ mod execute;
 mod liveness;
 mod notify;
 mod read;
+mod recovery;
 
 use std::fmt;
 use std::sync::Arc;
@@ -58,7 +60,8 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use seqlease_core::time::duration_micros;
 use seqlease_core::{
-    BatchOutcome, BatchingHint, Command, Entry, ProgressListener, SlotView, SpaceConfig, SpaceInfo,
+    BatchOutcome, BatchingHint, ClaimRequest, Command, Entry, ExpiredSlot, ParkedCommand,
+    ParkedQuery, ParkedWork, ProgressListener, Resolve, SlotView, SpaceConfig, SpaceInfo,
     SpaceName, Store, StoreError, TimeControl, Timestamp,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool};
@@ -323,5 +326,28 @@ impl Store for PgStore {
 
     async fn expire_dead_owners(&self) -> Result<u64, StoreError> {
         liveness::expire_dead_owners(&self.inner).await
+    }
+
+    async fn expired_backlog(&self) -> Result<Vec<(SpaceName, u64)>, StoreError> {
+        recovery::expired_backlog(&self.inner).await
+    }
+
+    async fn claim_expired(&self, request: &ClaimRequest) -> Result<Vec<ExpiredSlot>, StoreError> {
+        recovery::claim_expired(&self.inner, request).await
+    }
+
+    async fn resolve(&self, items: Vec<Resolve>) -> Result<BatchOutcome, StoreError> {
+        recovery::resolve(&self.inner, items).await
+    }
+
+    async fn parked(&self, query: &ParkedQuery) -> Result<Vec<ParkedWork>, StoreError> {
+        recovery::parked(&self.inner, query).await
+    }
+
+    async fn settle_parked(
+        &self,
+        commands: Vec<ParkedCommand>,
+    ) -> Result<BatchOutcome, StoreError> {
+        recovery::settle_parked(&self.inner, commands).await
     }
 }

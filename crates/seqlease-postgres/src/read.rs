@@ -61,7 +61,8 @@ pub(crate) fn epoch_param(epoch: u64) -> i64 {
     i64::from_ne_bytes(epoch.to_ne_bytes())
 }
 
-fn epoch_of(stored: i64) -> u64 {
+/// A stored fence epoch (see [`epoch_param`]).
+pub(crate) fn epoch_of(stored: i64) -> u64 {
     u64::from_ne_bytes(stored.to_ne_bytes())
 }
 
