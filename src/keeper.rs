@@ -92,6 +92,15 @@ struct Held {
     ttl: Duration,
     /// Past this instant we no longer believe we hold it (request time + TTL − margin).
     local_deadline: Instant,
+    /// When the last acquire or renewal was requested; the next renewal is due a third of
+    /// the TTL later.
+    renewed_at: Instant,
+}
+
+impl Held {
+    fn due(&self) -> Instant {
+        self.renewed_at + self.ttl / 3
+    }
 }
 
 /// Holds resource leases for one agent. Cheap to clone.
@@ -106,6 +115,15 @@ struct KeeperInner {
     held: DashMap<String, Held, foldhash::fast::RandomState>,
     lost: broadcast::Sender<LostLease>,
     stop: watch::Sender<bool>,
+    /// Wakes the renewal task when something new is held (it may be due sooner).
+    acquired: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for KeeperInner {
+    fn drop(&mut self) {
+        // Dropped without shutdown: stop the renewal task (the leases run out by TTL).
+        let _ = self.stop.send(true);
+    }
 }
 
 impl Engine {
@@ -123,6 +141,7 @@ impl Engine {
                 held: DashMap::default(),
                 lost,
                 stop,
+                acquired: Arc::new(tokio::sync::Notify::new()),
             }),
         };
         tokio::spawn(renew_loop(Arc::downgrade(&keeper.inner), stopped));
@@ -265,8 +284,10 @@ impl LeaseKeeper {
             epoch: lease.epoch,
             ttl,
             local_deadline: requested_at + ttl - margin,
+            renewed_at: requested_at,
         };
         self.inner.held.insert(lease.resource.clone(), held);
+        self.inner.acquired.notify_one();
     }
 
     /// The epoch of `resource` if this keeper holds it and its local safe deadline has not
@@ -405,6 +426,7 @@ async fn renew_once(inner: &KeeperInner) -> Result<usize> {
                 let margin = inner.engine.config().safety_margin(h.ttl);
                 if let Some(mut entry) = inner.held.get_mut(&resource) {
                     entry.local_deadline = requested_at + h.ttl - margin;
+                    entry.renewed_at = requested_at;
                 }
             }
             Err(e) => {
@@ -424,23 +446,34 @@ async fn renew_once(inner: &KeeperInner) -> Result<usize> {
 
 async fn renew_loop(inner: std::sync::Weak<KeeperInner>, mut stopped: watch::Receiver<bool>) {
     loop {
+        // Hold the keeper only while working, so dropping it ends this task.
+        let (due, acquired) = {
+            let Some(keeper) = inner.upgrade() else {
+                return;
+            };
+            (
+                keeper.held.iter().map(|e| e.due()).min(),
+                keeper.acquired.clone(),
+            )
+        };
+        // Sleep until the first held lease is due (a third of its TTL after its last
+        // renewal), or until something new is acquired; then renew everything held at once.
+        let notified = acquired.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let wait = due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = tokio::time::sleep_until(wait) => {}
+            _ = &mut notified => continue,
+            _ = stopped.wait_for(|s| *s) => return,
+        }
         let Some(keeper) = inner.upgrade() else {
             return;
         };
-        let shortest = keeper
-            .held
-            .iter()
-            .map(|e| e.ttl)
-            .min()
-            .unwrap_or(Duration::from_secs(1));
-        let period = (shortest / 3).max(Duration::from_millis(1));
         if let Err(e) = renew_once(&keeper).await {
             tracing::warn!(agent = %keeper.agent, error = %e, "renewing resource leases failed; retrying");
-        }
-        drop(keeper);
-        tokio::select! {
-            _ = tokio::time::sleep(period) => {}
-            _ = stopped.wait_for(|s| *s) => return,
+            drop(keeper);
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }

@@ -244,6 +244,17 @@ impl Space {
         }
     }
 
+    /// The lease history of slot `seq`: every transition, in time order.
+    pub async fn history(&self, seq: u64) -> Result<Vec<seqlease_core::SlotEvent>> {
+        let query = seqlease_core::HistoryQuery {
+            space: self.name.clone(),
+            seq: Some(seq),
+            from_seq: seq,
+            limit: 1000,
+        };
+        Ok(self.engine.store().slot_history(&query).await?)
+    }
+
     /// A reader of the ordered log from `from` (1 for the beginning), waiting at the barrier.
     pub fn reader(&self, from: u64) -> LogReader {
         LogReader::new(self.clone(), from)

@@ -67,6 +67,8 @@ pub struct CleanupConfig {
     pub classifier: LoadClassifier,
     /// Cascade handling.
     pub cascade: CascadeConfig,
+    /// Recorded lease-history events older than this are pruned each cycle (`None`: kept).
+    pub history_retention: Option<Duration>,
 }
 
 impl Default for CleanupConfig {
@@ -85,6 +87,7 @@ impl Default for CleanupConfig {
             parked_batch: 100,
             classifier: LoadClassifier::default(),
             cascade: CascadeConfig::default(),
+            history_retention: Some(Duration::from_secs(7 * 24 * 3600)),
         }
     }
 }
@@ -114,6 +117,8 @@ pub struct CycleReport {
     pub resequenced: u64,
     /// Parked items whose attempt failed (moved to manual at `max_attempts`).
     pub parked_failures: u64,
+    /// Lease-history events pruned by the retention setting.
+    pub history_pruned: u64,
 }
 
 impl CycleReport {
@@ -324,6 +329,17 @@ impl Cleanup {
         }
         if level == LoadLevel::Low {
             self.resequence_parked(&mut report).await?;
+        }
+        if let Some(retention) = config.history_retention {
+            let now = inner.engine.now().await?;
+            let before = seqlease_core::Timestamp(
+                now.as_micros() - seqlease_core::time::duration_micros(retention),
+            );
+            match store.prune_slot_history(before).await {
+                Ok(n) => report.history_pruned = n,
+                Err(seqlease_core::StoreError::Unsupported { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(report)
     }

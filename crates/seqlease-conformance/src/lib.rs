@@ -80,6 +80,7 @@ macro_rules! recovery_suite {
             failing_resolver_goes_to_manual_queue,
             background_service_resolves_expired_slots,
             recovery_never_duplicates_a_committed_operation,
+            lease_history_records_every_transition,
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {

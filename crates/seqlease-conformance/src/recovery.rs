@@ -789,6 +789,95 @@ pub async fn recovery_never_duplicates_a_committed_operation(h: &dyn Harness) {
     );
 }
 
+/// The lease history shows every transition of a slot, with its actor; recorded events are
+/// pruned by the retention setting, derived ones stay.
+pub async fn lease_history_records_every_transition(h: &dyn Harness) {
+    let (fx, engine, s) = setup(h, 100).await;
+    let mut l = s
+        .grant(Grant::new("op", "orders").ttl(TTL).owner("worker-1"))
+        .await
+        .unwrap();
+    l.renew(Some(TTL)).await.unwrap();
+    l.record_partial(b"{}".to_vec()).await.unwrap();
+    l.abandon();
+    let mut done = s
+        .grant(Grant::new("done", "orders").owner("worker-2"))
+        .await
+        .unwrap();
+    done.commit(body(2)).await.unwrap();
+    fx.advance(TTL * 2);
+    let cfg = CleanupConfig {
+        history_retention: None,
+        ..config("cleaner-9")
+    };
+    let cleanup = engine.cleanup().config(cfg).build().await.unwrap();
+    assert_eq!(
+        cleanup.run_once().await.unwrap().parked,
+        1,
+        "no resolver: parked"
+    );
+    let parked = engine
+        .store()
+        .parked(&ParkedQuery::default())
+        .await
+        .unwrap();
+    engine
+        .store()
+        .settle_parked(vec![ParkedCommand {
+            id: parked[0].id,
+            action: ParkedAction::Discard,
+            actor: "alice".into(),
+        }])
+        .await
+        .unwrap();
+    let kinds = |events: &[seqlease_core::SlotEvent]| {
+        events
+            .iter()
+            .map(|e| (e.kind.as_str(), e.actor.clone()))
+            .collect::<Vec<_>>()
+    };
+    use seqlease_core::SlotEventKind as K;
+    let history = s.history(1).await.unwrap();
+    let expected = [
+        (K::Granted, "worker-1"),
+        (K::Renewed, "worker-1"),
+        (K::Expired, "worker-1"),
+        (K::Claimed, "cleaner-9"),
+        (K::Gapped, "recovery"),
+        (K::Parked, "recovery"),
+        (K::Manual, "alice"),
+    ];
+    let expected: Vec<_> = expected
+        .iter()
+        .map(|(k, a)| (k.as_str(), a.to_string()))
+        .collect();
+    let mut got = kinds(&history);
+    got.sort();
+    let mut want = expected.clone();
+    want.sort();
+    assert_eq!(got, want, "history of slot 1: {history:#?}");
+    assert!(history.windows(2).all(|w| w[0].at <= w[1].at), "time order");
+    assert_eq!(
+        kinds(&s.history(2).await.unwrap()),
+        vec![
+            ("granted", "worker-2".into()),
+            ("committed", "worker-2".into())
+        ]
+    );
+    // Retention prunes recorded events only.
+    fx.advance(Duration::from_secs(3600));
+    let now = engine.now().await.unwrap();
+    let pruned = engine.store().prune_slot_history(now).await.unwrap();
+    assert_eq!(pruned, 5, "renewed, expired, claimed, parked, manual");
+    assert_eq!(
+        kinds(&s.history(1).await.unwrap()),
+        vec![
+            ("granted", "worker-1".into()),
+            ("gapped", "recovery".into())
+        ]
+    );
+}
+
 /// A store without recovery support says so when the service is built.
 pub async fn build_checks_store_support(h: &dyn Harness) {
     let fx = h.fresh().await;

@@ -9,6 +9,7 @@
 
 pub mod command;
 pub mod error;
+pub mod history;
 pub mod name;
 pub mod recovery;
 pub mod resource;
@@ -21,6 +22,7 @@ pub use command::{
     SpaceProgress,
 };
 pub use error::{InvalidInput, LeaseError, StoreError};
+pub use history::{HistoryQuery, SlotEvent, SlotEventKind};
 pub use name::{SpaceName, validate_id, validate_name};
 pub use recovery::{
     ClaimKey, ClaimRequest, ExpiredSlot, ParkedAction, ParkedCommand, ParkedQuery, ParkedState,

@@ -46,6 +46,7 @@ use async_trait::async_trait;
 
 use crate::command::{BatchOutcome, Command, SpaceProgress};
 use crate::error::StoreError;
+use crate::history::{HistoryQuery, SlotEvent};
 use crate::name::SpaceName;
 use crate::recovery::{ClaimRequest, ExpiredSlot, ParkedCommand, ParkedQuery, ParkedWork, Resolve};
 use crate::resource::{ResourceCommand, ResourceEvent, ResourceLease, ResourceQuery};
@@ -222,6 +223,27 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Unsupported {
             backend: self.backend(),
             what: "recovery",
+        })
+    }
+
+    // ---- lease history (see `crate::history`) ----
+
+    /// The history of a slot (or of the slots from `from_seq`), in time order per slot:
+    /// transitions derived from the slot rows merged with the recorded ones.
+    async fn slot_history(&self, query: &HistoryQuery) -> Result<Vec<SlotEvent>, StoreError> {
+        let _ = query;
+        Err(StoreError::Unsupported {
+            backend: self.backend(),
+            what: "lease history",
+        })
+    }
+
+    /// Drop recorded history events older than `before`; returns how many.
+    async fn prune_slot_history(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let _ = before;
+        Err(StoreError::Unsupported {
+            backend: self.backend(),
+            what: "lease history",
         })
     }
 

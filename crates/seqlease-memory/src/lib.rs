@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+mod history;
 mod recovery;
 mod resources;
 mod space;
@@ -20,10 +21,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use seqlease_core::{
-    BatchOutcome, BatchingHint, ClaimRequest, Clock, Command, Entry, ExpiredSlot, LeaseError,
-    ParkedAction, ParkedCommand, ParkedQuery, ParkedWork, Reply, Resolve, ResourceCommand,
-    ResourceEvent, ResourceLease, ResourceQuery, SlotView, SpaceConfig, SpaceInfo, SpaceName,
-    Store, StoreError, SystemClock, Timestamp,
+    BatchOutcome, BatchingHint, ClaimRequest, Clock, Command, Entry, ExpiredSlot, HistoryQuery,
+    LeaseError, ParkedAction, ParkedCommand, ParkedQuery, ParkedWork, Reply, Resolve,
+    ResourceCommand, ResourceEvent, ResourceLease, ResourceQuery, SlotEvent, SlotEventKind,
+    SlotView, SpaceConfig, SpaceInfo, SpaceName, Store, StoreError, SystemClock, Timestamp,
 };
 
 use space::SpaceState;
@@ -251,12 +252,33 @@ impl Store for MemoryStore {
                             .ok_or_else(|| LeaseError::UnknownSpace {
                                 space: item.space.clone(),
                             })?;
-                    space
-                        .lock()
-                        .resequence(item, body.clone(), *recovery_type, now, &mut outcome);
+                    let mut space = space.lock();
+                    space.resequence(item, body.clone(), *recovery_type, now, &mut outcome);
                     item.note = Some(format!("re-sequenced by {}", command.actor));
+                    let detail = item
+                        .resequenced_at_seq
+                        .map(|n| format!("parked work re-sequenced at seq {n}"));
+                    space.record(
+                        item.original_seq,
+                        now,
+                        SlotEventKind::Recovered,
+                        &command.actor,
+                        detail,
+                    );
                 } else {
                     seqlease_core::recovery::apply_parked(item, &command);
+                    if matches!(command.action, ParkedAction::Retry | ParkedAction::Discard)
+                        && let Some(space) = self.space(&item.space)
+                    {
+                        let detail = item.note.clone();
+                        space.lock().record(
+                            item.original_seq,
+                            now,
+                            SlotEventKind::Manual,
+                            &command.actor,
+                            detail,
+                        );
+                    }
                 }
                 Ok(Reply::Parked(item.clone()))
             })();
@@ -299,5 +321,17 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> Result<Vec<ResourceEvent>, StoreError> {
         Ok(self.resources.lock().history(resource, limit))
+    }
+
+    async fn slot_history(&self, query: &HistoryQuery) -> Result<Vec<SlotEvent>, StoreError> {
+        Ok(self
+            .space(&query.space)
+            .map(|s| s.lock().history(query))
+            .unwrap_or_default())
+    }
+
+    async fn prune_slot_history(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let spaces: Vec<_> = self.spaces.read().values().cloned().collect();
+        Ok(spaces.iter().map(|s| s.lock().prune_history(before)).sum())
     }
 }

@@ -5,7 +5,8 @@
 use seqlease_core::{
     BatchOutcome, ClaimKey, ClaimRequest, EntryContent, ExpiredSlot, Gap, GapReason, LeaseError,
     LeaseRecord, Operation, OperationBody, ParkedState, ParkedWork, Placement, RecoveryInfo,
-    RecoveryType, Reply, Resolution, Resolve, ResolveOutcome, SlotState, Timestamp, Token,
+    RecoveryType, Reply, Resolution, Resolve, ResolveOutcome, SlotEventKind, SlotState, Timestamp,
+    Token,
 };
 
 use crate::space::{Claim, Slot, SpaceState};
@@ -39,35 +40,43 @@ impl SpaceState {
             .take(req.limit)
             .map(|s| s.lease.seq)
             .collect();
-        seqs.into_iter()
-            .map(|seq| {
-                let slot = self.slots.get_mut(seq).expect("claimable slots exist");
-                let claim = Claim {
-                    token: Token::random(),
-                    cleaner: req.cleaner.clone(),
-                    expires_at: now.plus(req.ttl),
-                };
-                let key = ClaimKey {
+        let mut claimed = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            let slot = self.slots.get_mut(seq).expect("claimable slots exist");
+            let claim = Claim {
+                token: Token::random(),
+                cleaner: req.cleaner.clone(),
+                expires_at: now.plus(req.ttl),
+            };
+            slot.attempts += 1;
+            claimed.push(ExpiredSlot {
+                lease: LeaseRecord {
+                    token: Token([0; 16]),
+                    ..slot.lease.clone()
+                },
+                claim: ClaimKey {
                     space: self.name.clone(),
                     seq,
                     token: claim.token,
-                };
-                slot.attempts += 1;
-                let expired = ExpiredSlot {
-                    lease: LeaseRecord {
-                        token: Token([0; 16]),
-                        ..slot.lease.clone()
-                    },
-                    claim: key,
-                    claim_expires_at: claim.expires_at,
-                    partial: slot.partial.clone(),
-                    result: slot.result.clone(),
-                    attempts: slot.attempts,
-                };
-                slot.claim = Some(claim);
-                expired
-            })
-            .collect()
+                },
+                claim_expires_at: claim.expires_at,
+                partial: slot.partial.clone(),
+                result: slot.result.clone(),
+                attempts: slot.attempts,
+            });
+            slot.claim = Some(claim);
+            let (owner, expired_at, attempts) = (
+                slot.lease.owner.clone(),
+                slot.lease.expires_at,
+                slot.attempts,
+            );
+            if attempts == 1 {
+                self.record(seq, expired_at, SlotEventKind::Expired, &owner, None);
+            }
+            let detail = Some(format!("attempt {attempts}"));
+            self.record(seq, now, SlotEventKind::Claimed, &req.cleaner, detail);
+        }
+        claimed
     }
 
     /// Resolve one claimed slot; `parked` receives recorded work to park.
@@ -149,6 +158,10 @@ impl SpaceState {
                             resequenced_at_seq: None,
                         })
                     });
+                if let Some(id) = parked {
+                    let detail = Some(format!("recovery queue item {id}"));
+                    self.record(seq, now, SlotEventKind::Parked, "recovery", detail);
+                }
                 let gap = Gap {
                     reason: GapReason::Expired,
                     superseded_by: None,

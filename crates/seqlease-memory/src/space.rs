@@ -6,7 +6,7 @@ use std::time::Duration;
 use seqlease_core::{
     BatchOutcome, Command, CommitOutcome, CommitStatus, Entry, EntryContent, Fence, Gap, GapReason,
     GrantRequest, LeaseError, LeaseKey, LeaseRecord, Operation, OperationBody, ReleaseOutcome,
-    Reply, SlotState, SlotView, SpaceConfig, SpaceInfo, SpaceName, Timestamp, Token,
+    Reply, SlotEventKind, SlotState, SlotView, SpaceConfig, SpaceInfo, SpaceName, Timestamp, Token,
 };
 
 #[derive(Debug)]
@@ -42,6 +42,8 @@ pub(crate) struct SpaceState {
     pub(crate) slots: Slots,
     /// operation id → seq of its committed entry (I6).
     pub(crate) committed: foldhash::HashMap<String, u64>,
+    /// Recorded history events per seq (the derivable ones are not stored).
+    pub(crate) events: std::collections::BTreeMap<u64, Vec<seqlease_core::SlotEvent>>,
 }
 
 impl SpaceState {
@@ -51,6 +53,7 @@ impl SpaceState {
             capacity: config.capacity,
             watermark: 0,
             leased: BTreeSet::new(),
+            events: Default::default(),
             slots: Slots::default(),
             committed: foldhash::HashMap::default(),
         }
@@ -136,9 +139,18 @@ impl SpaceState {
         let slot = self.live_slot(key, now)?;
         slot.lease.expires_at = now.plus(ttl);
         slot.lease.renewals += 1;
+        let (expires_at, renewals) = (slot.lease.expires_at, slot.lease.renewals);
+        let owner = slot.lease.owner.clone();
+        self.record(
+            key.seq,
+            now,
+            SlotEventKind::Renewed,
+            &owner,
+            Some(format!("until {expires_at}")),
+        );
         Ok(Reply::Renewed {
-            expires_at: slot.lease.expires_at,
-            renewals: slot.lease.renewals,
+            expires_at,
+            renewals,
         })
     }
 
@@ -209,6 +221,14 @@ impl SpaceState {
         if slot.partial.is_some() || slot.result.is_some() {
             // Recorded work is never dropped (I5): expire now, recovery takes it from here.
             slot.lease.expires_at = now;
+            let owner = slot.lease.owner.clone();
+            self.record(
+                key.seq,
+                now,
+                SlotEventKind::HandedToRecovery,
+                &owner,
+                detail,
+            );
             return Ok(Reply::Released(ReleaseOutcome::HandedToRecovery));
         }
         let gap = Gap {
