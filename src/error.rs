@@ -34,6 +34,16 @@ pub enum Error {
         /// How long.
         waited: Duration,
     },
+    /// Waiting to acquire a resource lease ran out of time.
+    #[error(
+        "timed out after {waited:?} waiting to acquire {resource}: another agent still holds it; check `engine.resource_lease` for the holder"
+    )]
+    AcquireTimeout {
+        /// The resource.
+        resource: String,
+        /// How long.
+        waited: Duration,
+    },
     /// The engine's group-commit task is gone (its tokio runtime is shutting down).
     #[error(
         "the engine's group-commit task has stopped (is the tokio runtime shutting down?); build a new engine on a running runtime"
@@ -54,7 +64,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Store(e) => e.is_transient(),
-            Error::Timeout { .. } => true,
+            Error::Timeout { .. } | Error::AcquireTimeout { .. } => true,
             Error::Lease(LeaseError::AtCapacity { .. }) => true,
             _ => false,
         }

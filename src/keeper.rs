@@ -257,9 +257,8 @@ impl LeaseKeeper {
                 {
                     let deadline = deadline.expect("checked");
                     if Instant::now() >= deadline {
-                        return Err(Error::Timeout {
-                            space: seqlease_core::SpaceName::new("resources").expect("valid"),
-                            what: "a resource lease",
+                        return Err(Error::AcquireTimeout {
+                            resource: acquire.resource.clone(),
                             waited: acquire.wait.unwrap_or_default(),
                         });
                     }

@@ -222,7 +222,10 @@ pub async fn blocking_acquire_is_woken_by_release(h: &dyn Harness) {
         )
         .await
         .unwrap_err();
-    assert!(matches!(timed_out, Error::Timeout { .. }), "{timed_out}");
+    assert!(
+        matches!(&timed_out, Error::AcquireTimeout { resource, .. } if resource == "orders-0"),
+        "{timed_out}"
+    );
     let waiter = {
         let b = b.clone();
         tokio::spawn(async move {
