@@ -331,10 +331,7 @@ impl Cleanup {
             self.resequence_parked(&mut report).await?;
         }
         if let Some(retention) = config.history_retention {
-            let now = inner.engine.now().await?;
-            let before = seqlease_core::Timestamp(
-                now.as_micros() - seqlease_core::time::duration_micros(retention),
-            );
+            let before = inner.engine.now().await?.minus(retention);
             match store.prune_slot_history(before).await {
                 Ok(n) => report.history_pruned = n,
                 Err(seqlease_core::StoreError::Unsupported { .. }) => {}

@@ -24,6 +24,11 @@ impl Timestamp {
         Timestamp(self.0.saturating_add(duration_micros(d)))
     }
 
+    /// This instant minus `d` (saturating).
+    pub fn minus(self, d: Duration) -> Timestamp {
+        Timestamp(self.0.saturating_sub(duration_micros(d)))
+    }
+
     /// How long after `earlier` this instant is (zero when it is not later).
     pub fn since(self, earlier: Timestamp) -> Duration {
         Duration::from_micros(self.0.saturating_sub(earlier.0).max(0) as u64)
