@@ -66,3 +66,8 @@ mod recovery {
     use super::*;
     seqlease_conformance::recovery_suite!(Postgres { group_commit: None });
 }
+
+mod resources {
+    use super::*;
+    seqlease_conformance::resource_suite!(Postgres { group_commit: None });
+}

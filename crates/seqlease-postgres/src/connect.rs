@@ -27,7 +27,14 @@ use crate::error::{BACKEND, map_sqlx};
 pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
 
 /// The tables seqlease reads and writes.
-const TABLES: [&str; 4] = ["spaces", "slots", "owners", "parked"];
+const TABLES: [&str; 6] = [
+    "spaces",
+    "slots",
+    "owners",
+    "parked",
+    "resources",
+    "resource_events",
+];
 
 /// A connected, migrated pool.
 pub(crate) struct Connected {
@@ -320,7 +327,7 @@ async fn check_privileges(conn: &mut sqlx::PgConnection, target: &str) -> Result
     Err(StoreError::Permission {
         backend: BACKEND,
         detail: format!(
-            "role {user} lacks SELECT, INSERT or UPDATE on {} at {target}; run GRANT SELECT, INSERT, UPDATE ON spaces, slots, owners, parked TO {user}",
+            "role {user} lacks SELECT, INSERT or UPDATE on {} at {target}; run GRANT SELECT, INSERT, UPDATE ON spaces, slots, owners, parked, resources, resource_events TO {user}",
             missing.join(", ")
         ),
     })

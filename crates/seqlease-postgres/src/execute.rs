@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use seqlease_core::time::duration_micros;
 use seqlease_core::{
-    BatchOutcome, Command, CommitOutcome, CommitStatus, GapReason, GrantRequest, LeaseError,
+    BatchOutcome, Command, CommitOutcome, CommitStatus, Fence, GapReason, GrantRequest, LeaseError,
     LeaseKey, LeaseRecord, OperationBody, ReleaseOutcome, Reply, SlotState, SpaceName, StoreError,
     Timestamp, Token,
 };
@@ -44,7 +44,7 @@ use sqlx::postgres::PgConnection;
 
 use crate::Inner;
 use crate::error::{corrupt_value, map_sqlx};
-use crate::read::{epoch_param, slot_state, state, to_u32, to_u64};
+use crate::read::{epoch_of, epoch_param, slot_state, state, to_u32, to_u64};
 
 type CommandResult = Result<Reply, LeaseError>;
 
@@ -61,6 +61,7 @@ pub(crate) async fn execute(
     batch
         .load_slots(&mut tx, target, &inner.clock, &commands)
         .await?;
+    batch.load_epochs(&mut tx, target, &commands).await?;
     let mut outcome = BatchOutcome::default();
     outcome.replies.reserve(commands.len());
     for command in commands {
@@ -131,6 +132,8 @@ struct Slot {
     /// Set for slots granted here (the insert needs the whole lease).
     grant: Option<GrantRequest>,
     leased_at: i64,
+    /// The lease's fence (I9): checked against the resource's epoch at commit.
+    fence: Option<Fence>,
 }
 
 /// The state of one batch.
@@ -142,6 +145,8 @@ struct Batch {
     slots: HashMap<(usize, u64), Slot>,
     /// (space index, operation id) → committed seq (I6), as known to this batch.
     committed: HashMap<(usize, String), u64>,
+    /// Current epochs of the resources that fences in this batch name (0: never held).
+    epochs: HashMap<String, u64>,
 }
 
 impl Batch {
@@ -243,7 +248,7 @@ impl Batch {
                     (s.partial IS NOT NULL OR s.result_kind IS NOT NULL) AS has_work, \
                     (SELECT c.seq FROM slots c \
                       WHERE c.space_id = s.space_id AND c.committed_op_id = s.operation_id) AS existing, \
-                    clk.now \
+                    clk.now, s.fence_resource, s.fence_epoch \
              FROM unnest($3::bigint[], $4::bigint[]) AS k(space_id, seq) \
              JOIN slots s ON s.space_id = k.space_id AND s.seq = k.seq \
              CROSS JOIN clk",
@@ -301,8 +306,78 @@ impl Batch {
                     gap_detail: None,
                     grant: None,
                     leased_at: 0,
+                    fence: match (row.try_get(11).map_err(get)?, row.try_get(12).map_err(get)?) {
+                        (Some(resource), Some(epoch)) => Some(Fence {
+                            resource,
+                            epoch: epoch_of(epoch),
+                        }),
+                        _ => None,
+                    },
                 },
             );
+        }
+        Ok(())
+    }
+
+    /// Step 2b: read the current epoch of every resource a fence of this batch names (the
+    /// fenced grants, the fenced slots being committed), `FOR SHARE`: a change of holder
+    /// waits for this batch, or this batch sees its new epoch (I9).
+    async fn load_epochs(
+        &mut self,
+        conn: &mut PgConnection,
+        target: &str,
+        commands: &[Command],
+    ) -> Result<(), StoreError> {
+        let mut names: Vec<&str> = Vec::new();
+        for command in commands {
+            match command {
+                Command::Grant(req) => {
+                    if let Some(f) = &req.fence {
+                        names.push(&f.resource);
+                    }
+                }
+                Command::Commit { key, .. } => {
+                    if let Some(i) = self.space_index(&key.space)
+                        && let Some(f) =
+                            self.slots.get(&(i, key.seq)).and_then(|s| s.fence.as_ref())
+                    {
+                        names.push(&f.resource);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if names.is_empty() {
+            return Ok(());
+        }
+        names.sort_unstable();
+        names.dedup();
+        let rows = sqlx::query(
+            "SELECT name, epoch FROM resources WHERE name = ANY($1::text[]) \
+             ORDER BY name FOR SHARE",
+        )
+        .bind(&names)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| map_sqlx(e, target))?;
+        for row in rows {
+            let get = |e| map_sqlx(e, target);
+            let name: String = row.try_get(0).map_err(get)?;
+            let epoch = to_u64("resource epoch", row.try_get(1).map_err(get)?)?;
+            self.epochs.insert(name, epoch);
+        }
+        Ok(())
+    }
+
+    /// Refuse a write whose fence epoch is no longer the resource's current epoch (I9).
+    fn check_fence(&self, fence: &Fence) -> Result<(), LeaseError> {
+        let current = self.epochs.get(&fence.resource).copied().unwrap_or(0);
+        if current != fence.epoch {
+            return Err(LeaseError::StaleEpoch {
+                resource: fence.resource.clone(),
+                current,
+                attempted: fence.epoch,
+            });
         }
         Ok(())
     }
@@ -337,6 +412,11 @@ impl Batch {
         let Some(i) = self.space_index(&req.space) else {
             return Ok(Err(LeaseError::UnknownSpace { space: req.space }));
         };
+        if let Some(fence) = &req.fence
+            && let Err(e) = self.check_fence(fence)
+        {
+            return Ok(Err(e));
+        }
         let now = self.now;
         let space = &mut self.spaces[i];
         if space.in_flight >= space.capacity {
@@ -384,6 +464,7 @@ impl Batch {
                 committed: None,
                 superseded_by: None,
                 gap_detail: None,
+                fence: req.fence.clone(),
                 grant: Some(req),
                 leased_at: now,
             },
@@ -431,8 +512,6 @@ impl Batch {
                 now: Timestamp(now),
             });
         }
-        // Fence (I9): resource leases and their epochs are not in this schema yet; the
-        // fence is recorded on the slot but cannot be checked until they are.
         Ok(Ok(slot))
     }
 
@@ -478,6 +557,9 @@ impl Batch {
         };
         let space = slot.space;
         let op = (space, slot.operation_id.clone());
+        if let Some(fence) = slot.fence.clone() {
+            self.check_fence(&fence)?;
+        }
         let existing = self.committed.get(&op).copied();
         let slot = self
             .slots

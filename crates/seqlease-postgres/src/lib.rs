@@ -38,7 +38,8 @@
 //! The modules: `connect` (pool, migrations, schema and privilege checks), `execute` (the
 //! batch transaction), `read` (spaces, the ordered log and slots), `notify` (LISTEN task),
 //! `liveness` (owner locks and the dead-owner probe), `recovery` (claims, resolution and
-//! the queue of parked work) and `error` (mapping PostgreSQL
+//! the queue of parked work), `resources` (resource leases, epochs and their audit
+//! history) and `error` (mapping PostgreSQL
 //! failures to [`StoreError`]).
 
 #![warn(missing_docs)]
@@ -50,6 +51,7 @@ mod liveness;
 mod notify;
 mod read;
 mod recovery;
+mod resources;
 
 use std::fmt;
 use std::sync::Arc;
@@ -61,8 +63,9 @@ use parking_lot::Mutex;
 use seqlease_core::time::duration_micros;
 use seqlease_core::{
     BatchOutcome, BatchingHint, ClaimRequest, Command, Entry, ExpiredSlot, ParkedCommand,
-    ParkedQuery, ParkedWork, ProgressListener, Resolve, SlotView, SpaceConfig, SpaceInfo,
-    SpaceName, Store, StoreError, TimeControl, Timestamp,
+    ParkedQuery, ParkedWork, ProgressListener, Resolve, ResourceCommand, ResourceEvent,
+    ResourceLease, ResourceQuery, SlotView, SpaceConfig, SpaceInfo, SpaceName, Store, StoreError,
+    TimeControl, Timestamp,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use tokio::sync::watch;
@@ -349,5 +352,33 @@ impl Store for PgStore {
         commands: Vec<ParkedCommand>,
     ) -> Result<BatchOutcome, StoreError> {
         recovery::settle_parked(&self.inner, commands).await
+    }
+
+    fn checks_fences(&self) -> bool {
+        // The batch transaction compares fence epochs with the `resources` rows it reads.
+        true
+    }
+
+    async fn resources(&self, commands: Vec<ResourceCommand>) -> Result<BatchOutcome, StoreError> {
+        resources::resources(&self.inner, commands).await
+    }
+
+    async fn resource_leases(
+        &self,
+        query: &ResourceQuery,
+    ) -> Result<Vec<ResourceLease>, StoreError> {
+        resources::resource_leases(&self.inner, query).await
+    }
+
+    async fn resource_epoch(&self, resource: &str) -> Result<u64, StoreError> {
+        resources::resource_epoch(&self.inner, resource).await
+    }
+
+    async fn resource_history(
+        &self,
+        resource: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ResourceEvent>, StoreError> {
+        resources::resource_history(&self.inner, resource, limit).await
     }
 }
