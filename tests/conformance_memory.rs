@@ -54,3 +54,8 @@ mod resources {
     use super::*;
     seqlease_conformance::resource_suite!(Memory { group_commit: None });
 }
+
+mod history {
+    use super::*;
+    seqlease_conformance::history_suite!(Memory { group_commit: None });
+}

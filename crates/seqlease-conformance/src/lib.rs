@@ -80,7 +80,6 @@ macro_rules! recovery_suite {
             failing_resolver_goes_to_manual_queue,
             background_service_resolves_expired_slots,
             recovery_never_duplicates_a_committed_operation,
-            lease_history_records_every_transition,
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -122,5 +121,18 @@ macro_rules! resource_suite {
                 $crate::resources::$name(&harness).await;
             }
         )*
+    };
+}
+
+/// Expand to the lease-history check on a fresh store from `$harness`. For stores that
+/// implement recovery and `slot_history` / `prune_slot_history`.
+#[macro_export]
+macro_rules! history_suite {
+    ($harness:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn lease_history_records_every_transition() {
+            let harness = $harness;
+            $crate::recovery::lease_history_records_every_transition(&harness).await;
+        }
     };
 }
