@@ -48,3 +48,13 @@ impl Harness for Sqlite {
 }
 
 conformance_suite!(Sqlite);
+
+mod recovery {
+    use super::*;
+    seqlease_conformance::recovery_suite!(Sqlite);
+}
+
+mod history {
+    use super::*;
+    seqlease_conformance::history_suite!(Sqlite);
+}

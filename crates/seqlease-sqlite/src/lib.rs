@@ -44,16 +44,19 @@
 //!
 //! The modules: `open` (connections, pragmas, migrations), `writer` (the write thread),
 //! `execute` (the batch transaction), `read` (the ordered log and slots), `spaces` (space
-//! rows), `codec` (column encodings) and `error` (mapping SQLite failures to
-//! [`StoreError`]).
+//! rows), `recovery` (claims on expired slots, resolving them, the queue of parked work),
+//! `history` (the lease history: recorded events merged with the slot rows), `codec`
+//! (column encodings) and `error` (mapping SQLite failures to [`StoreError`]).
 
 #![warn(missing_docs)]
 
 mod codec;
 mod error;
 mod execute;
+mod history;
 mod open;
 mod read;
+mod recovery;
 mod spaces;
 mod writer;
 
@@ -64,8 +67,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use seqlease_core::{
-    BatchOutcome, BatchingHint, Clock, Command, Entry, SlotView, SpaceConfig, SpaceInfo, SpaceName,
-    Store, StoreError, SystemClock, Timestamp,
+    BatchOutcome, BatchingHint, ClaimRequest, Clock, Command, Entry, ExpiredSlot, HistoryQuery,
+    ParkedCommand, ParkedQuery, ParkedWork, Resolve, SlotEvent, SlotView, SpaceConfig, SpaceInfo,
+    SpaceName, Store, StoreError, SystemClock, Timestamp,
 };
 use sqlx::sqlite::SqlitePool;
 
@@ -222,6 +226,58 @@ impl Store for SqliteStore {
 
     async fn slot(&self, space: &SpaceName, seq: u64) -> Result<Option<SlotView>, StoreError> {
         read::slot(&self.inner.readers, space, seq).await
+    }
+
+    async fn expired_backlog(&self) -> Result<Vec<(SpaceName, u64)>, StoreError> {
+        recovery::expired_backlog(&self.inner.readers, self.inner.clock.now()).await
+    }
+
+    async fn claim_expired(&self, request: &ClaimRequest) -> Result<Vec<ExpiredSlot>, StoreError> {
+        let (request, clock) = (request.clone(), self.inner.clock.clone());
+        self.inner
+            .writer
+            .run(move |conn| recovery::claim_expired(conn, clock.now(), &request))
+            .await
+    }
+
+    async fn resolve(&self, items: Vec<Resolve>) -> Result<BatchOutcome, StoreError> {
+        if items.is_empty() {
+            return Ok(BatchOutcome::default());
+        }
+        let clock = self.inner.clock.clone();
+        self.inner
+            .writer
+            .run(move |conn| recovery::resolve(conn, clock.now(), items))
+            .await
+    }
+
+    async fn parked(&self, query: &ParkedQuery) -> Result<Vec<ParkedWork>, StoreError> {
+        recovery::parked(&self.inner.readers, query).await
+    }
+
+    async fn settle_parked(
+        &self,
+        commands: Vec<ParkedCommand>,
+    ) -> Result<BatchOutcome, StoreError> {
+        if commands.is_empty() {
+            return Ok(BatchOutcome::default());
+        }
+        let clock = self.inner.clock.clone();
+        self.inner
+            .writer
+            .run(move |conn| recovery::settle_parked(conn, clock.now(), commands))
+            .await
+    }
+
+    async fn slot_history(&self, query: &HistoryQuery) -> Result<Vec<SlotEvent>, StoreError> {
+        history::slot_history(&self.inner.readers, query).await
+    }
+
+    async fn prune_slot_history(&self, before: Timestamp) -> Result<u64, StoreError> {
+        self.inner
+            .writer
+            .run(move |conn| history::prune(conn, before))
+            .await
     }
 }
 

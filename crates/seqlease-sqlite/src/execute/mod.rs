@@ -36,7 +36,7 @@
 //! [`StoreError`](seqlease_core::StoreError) for all of it.
 
 mod plan;
-mod sql;
+pub(crate) mod sql;
 
 use rusqlite::{Connection, TransactionBehavior};
 use seqlease_core::{BatchOutcome, Command, LeaseKey, SpaceName, Timestamp};

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use seqlease_core::{
     BatchOutcome, Command, CommitOutcome, CommitStatus, Fence, GapReason, GrantRequest, LeaseError,
-    LeaseKey, LeaseRecord, OperationBody, ReleaseOutcome, Reply, SlotState, SpaceName, Timestamp,
-    Token,
+    LeaseKey, LeaseRecord, OperationBody, ReleaseOutcome, Reply, SlotEventKind, SlotState,
+    SpaceName, Timestamp, Token,
 };
 
 /// A space's row, as loaded and as changed by the batch.
@@ -89,7 +89,18 @@ pub(crate) struct Plan {
     pub slots: BTreeMap<SlotId, Slot>,
     /// Committed operation ids per space (I6): loaded ones and the ones committed here.
     committed: HashMap<(usize, String), u64>,
+    /// History events the slot rows cannot show (renewals, hand-overs), in order; the
+    /// actor is the slot's owner.
+    pub events: Vec<Event>,
     pub outcome: BatchOutcome,
+}
+
+/// A recorded history event of this batch, written with the slot's owner as actor.
+#[derive(Debug)]
+pub(crate) struct Event {
+    pub slot: SlotId,
+    pub kind: SlotEventKind,
+    pub detail: Option<String>,
 }
 
 impl Plan {
@@ -102,6 +113,7 @@ impl Plan {
             spaces,
             slots: BTreeMap::new(),
             committed: HashMap::new(),
+            events: Vec::new(),
             outcome,
         }
     }
@@ -198,9 +210,15 @@ impl Plan {
         slot.expires_at = expires_at;
         slot.renewals = slot.renewals.saturating_add(1);
         slot.lease_changed = true;
+        let renewals = slot.renewals;
+        self.events.push(Event {
+            slot: (self.space_of(key), key.seq),
+            kind: SlotEventKind::Renewed,
+            detail: Some(format!("until {expires_at}")),
+        });
         Ok(Reply::Renewed {
             expires_at,
-            renewals: slot.renewals,
+            renewals,
         })
     }
 
@@ -250,6 +268,11 @@ impl Plan {
             // LEASED for the recovery chain.
             slot.expires_at = now;
             slot.lease_changed = true;
+            self.events.push(Event {
+                slot: (self.space_of(key), key.seq),
+                kind: SlotEventKind::HandedToRecovery,
+                detail,
+            });
             return Ok(Reply::Released(ReleaseOutcome::HandedToRecovery));
         }
         let id = (self.space_of(key), key.seq);

@@ -14,6 +14,7 @@ use seqlease_core::{OperationBody, SpaceName, StoreError, Timestamp, Token};
 use super::plan::{Plan, Resolution, Slot, Space};
 use crate::codec::{epoch_param, seq_param, slot_state, state, to_u32, to_u64};
 use crate::error::{BACKEND, WriteError, corrupt_value};
+use crate::history::INSERT_OWNER_EVENT;
 
 /// A space's row joined with each of the requested slots that exists (slot columns NULL
 /// when none does), each LEASED one with the seq where its operation id is already
@@ -102,6 +103,7 @@ fn json_array(items: serde_json::Value) -> String {
 pub(crate) fn write(conn: &Connection, plan: &mut Plan, now: Timestamp) -> Result<(), WriteError> {
     insert_granted(conn, plan)?;
     update_leases(conn, plan)?;
+    record_events(conn, plan, now)?;
     resolve(conn, plan, now)?;
     for index in 0..plan.spaces.len() {
         let space = &plan.spaces[index];
@@ -126,7 +128,7 @@ pub(crate) fn write(conn: &Connection, plan: &mut Plan, now: Timestamp) -> Resul
 /// `last_seq` when nothing is LEASED. Only slots above the current watermark can be
 /// LEASED, and the partial index `slots_leased` makes the lookup one index seek
 /// (`INDEXED BY` guarantees that plan, or fails loudly). `MAX` keeps `W` monotonic (I7).
-const UPDATE_SPACE: &str = "UPDATE spaces SET last_seq = ?1, in_flight = ?2, \
+pub(crate) const UPDATE_SPACE: &str = "UPDATE spaces SET last_seq = ?1, in_flight = ?2, \
      watermark = MAX(watermark, COALESCE((SELECT MIN(seq) FROM slots INDEXED BY slots_leased \
          WHERE space_id = ?3 AND state = 0 AND seq > ?4) - 1, ?1)) \
      WHERE id = ?3 RETURNING watermark";
@@ -242,6 +244,23 @@ fn update_leases(conn: &Connection, plan: &Plan) -> Result<(), WriteError> {
             ])?;
             expect_one("record a result", updated)?;
         }
+    }
+    Ok(())
+}
+
+/// Record the batch's history events (renewals, hand-overs to recovery): one `INSERT` each,
+/// the actor read from the slot row. Grants and commits record nothing.
+fn record_events(conn: &Connection, plan: &Plan, now: Timestamp) -> Result<(), WriteError> {
+    for event in &plan.events {
+        let (index, seq) = event.slot;
+        let inserted = conn.prepare_cached(INSERT_OWNER_EVENT)?.execute(params![
+            plan.spaces[index].id,
+            seq_column("seq", seq)?,
+            now.as_micros(),
+            event.kind.as_str(),
+            event.detail.as_deref(),
+        ])?;
+        expect_one("record a history event", inserted)?;
     }
     Ok(())
 }
