@@ -58,3 +58,8 @@ mod history {
     use super::*;
     seqlease_conformance::history_suite!(Sqlite);
 }
+
+mod resources {
+    use super::*;
+    seqlease_conformance::resource_suite!(Sqlite);
+}

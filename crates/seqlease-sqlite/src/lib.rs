@@ -45,6 +45,7 @@
 //! The modules: `open` (connections, pragmas, migrations), `writer` (the write thread),
 //! `execute` (the batch transaction), `read` (the ordered log and slots), `spaces` (space
 //! rows), `recovery` (claims on expired slots, resolving them, the queue of parked work),
+//! `resources` (resource leases with epochs; their fences are checked by `execute`),
 //! `history` (the lease history: recorded events merged with the slot rows), `codec`
 //! (column encodings) and `error` (mapping SQLite failures to [`StoreError`]).
 
@@ -57,6 +58,7 @@ mod history;
 mod open;
 mod read;
 mod recovery;
+mod resources;
 mod spaces;
 mod writer;
 
@@ -68,8 +70,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use seqlease_core::{
     BatchOutcome, BatchingHint, ClaimRequest, Clock, Command, Entry, ExpiredSlot, HistoryQuery,
-    ParkedCommand, ParkedQuery, ParkedWork, Resolve, SlotEvent, SlotView, SpaceConfig, SpaceInfo,
-    SpaceName, Store, StoreError, SystemClock, Timestamp,
+    ParkedCommand, ParkedQuery, ParkedWork, Resolve, ResourceCommand, ResourceEvent, ResourceLease,
+    ResourceQuery, SlotEvent, SlotView, SpaceConfig, SpaceInfo, SpaceName, Store, StoreError,
+    SystemClock, Timestamp,
 };
 use sqlx::sqlite::SqlitePool;
 
@@ -267,6 +270,40 @@ impl Store for SqliteStore {
             .writer
             .run(move |conn| recovery::settle_parked(conn, clock.now(), commands))
             .await
+    }
+
+    fn checks_fences(&self) -> bool {
+        true
+    }
+
+    async fn resources(&self, commands: Vec<ResourceCommand>) -> Result<BatchOutcome, StoreError> {
+        if commands.is_empty() {
+            return Ok(BatchOutcome::default());
+        }
+        let clock = self.inner.clock.clone();
+        self.inner
+            .writer
+            .run(move |conn| resources::resources(conn, clock.now(), commands))
+            .await
+    }
+
+    async fn resource_leases(
+        &self,
+        query: &ResourceQuery,
+    ) -> Result<Vec<ResourceLease>, StoreError> {
+        resources::resource_leases(&self.inner.readers, query, self.inner.clock.now()).await
+    }
+
+    async fn resource_epoch(&self, resource: &str) -> Result<u64, StoreError> {
+        resources::resource_epoch(&self.inner.readers, resource).await
+    }
+
+    async fn resource_history(
+        &self,
+        resource: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ResourceEvent>, StoreError> {
+        resources::resource_history(&self.inner.readers, resource, limit).await
     }
 
     async fn slot_history(&self, query: &HistoryQuery) -> Result<Vec<SlotEvent>, StoreError> {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use seqlease_core::{
     Command, CommitOutcome, CommitStatus, EntryContent, Fence, GapReason, GrantRequest, LeaseError,
-    LeaseKey, LeaseRecord, ManualClock, OperationBody, ReleaseOutcome, Reply, SlotState,
-    SpaceConfig, SpaceName, Store, StoreError, TimeControl, Token,
+    LeaseKey, LeaseRecord, ManualClock, OperationBody, ReleaseOutcome, Reply, ResourceCommand,
+    ResourceReply, SlotState, SpaceConfig, SpaceName, Store, StoreError, TimeControl, Token,
 };
 use seqlease_sqlite::{SqliteOptions, SqliteStore};
 use sqlx::{Connection, SqliteConnection};
@@ -404,9 +404,23 @@ async fn two_stores_on_one_file_never_allocate_the_same_seq() {
 async fn grant_allocates_contiguous_seqs_with_fresh_tokens() {
     let (_dir, clock, store, name) = fixture(10).await;
     let now = clock_now(&clock);
+    // A fenced grant needs the fence to be the resource's current epoch (I9).
+    let held = store
+        .resources(vec![ResourceCommand::Acquire {
+            resource: "orders-0".to_string(),
+            agent: "a".to_string(),
+            ttl: TTL,
+            max_renewals: None,
+            metadata: None,
+        }])
+        .await
+        .unwrap();
+    let Ok(Reply::Resource(ResourceReply::Held(held))) = &held.replies[0] else {
+        panic!("acquire: {:?}", held.replies[0]);
+    };
     let fence = Fence {
         resource: "orders-0".to_string(),
-        epoch: u64::MAX - 1,
+        epoch: held.epoch,
     };
     let mut fenced = grant(&name, "op-3");
     if let Command::Grant(req) = &mut fenced {
@@ -1164,4 +1178,116 @@ async fn a_slot_granted_in_a_batch_cannot_be_committed_by_it() {
         out.replies[1],
         Err(LeaseError::WrongToken { seq: 1, .. })
     ));
+}
+
+// ---------------------------------------------------------------------------------------
+// recovery, resource leases and history survive a restart
+// ---------------------------------------------------------------------------------------
+
+/// Epochs never go back, even across close and reopen; parked work and recorded history
+/// events are in the file too.
+#[tokio::test]
+async fn epochs_parked_work_and_history_survive_reopen() {
+    use seqlease_core::{ClaimRequest, HistoryQuery, ParkedQuery, Resolution, Resolve};
+
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("durable.db");
+    let clock = Arc::new(ManualClock::new());
+    let name = space("durable");
+    let acquire = |agent: &str| ResourceCommand::Acquire {
+        resource: "shard-1".to_string(),
+        agent: agent.to_string(),
+        ttl: TTL,
+        max_renewals: None,
+        metadata: None,
+    };
+
+    let store = open(&path, &clock).await;
+    store
+        .ensure_space(&name, &SpaceConfig { capacity: 8 })
+        .await
+        .unwrap();
+    let out = store
+        .resources(vec![
+            acquire("a"),
+            ResourceCommand::Release {
+                resource: "shard-1".to_string(),
+                agent: "a".to_string(),
+                epoch: 1,
+            },
+        ])
+        .await
+        .unwrap();
+    assert!(out.replies.iter().all(Result::is_ok), "{:?}", out.replies);
+    let lease = grant_one(&store, &name, "op-1").await;
+    let key = LeaseKey {
+        space: name.clone(),
+        seq: lease.seq,
+        token: lease.token,
+    };
+    run_one(
+        &store,
+        Command::RecordPartial {
+            key,
+            data: b"half".to_vec(),
+        },
+    )
+    .await
+    .unwrap();
+    clock.advance(TTL);
+    let claimed = store
+        .claim_expired(&ClaimRequest {
+            space: name.clone(),
+            cleaner: "c".to_string(),
+            ttl: TTL,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let out = store
+        .resolve(vec![Resolve {
+            claim: claimed[0].claim.clone(),
+            resolution: Resolution::Gap {
+                detail: Some("no resolver".to_string()),
+                park: true,
+            },
+        }])
+        .await
+        .unwrap();
+    assert!(out.replies[0].is_ok(), "{:?}", out.replies[0]);
+    assert_eq!(out.progress[0].watermark, 1);
+    store.close().await;
+
+    let store = open(&path, &clock).await;
+    assert_eq!(store.resource_epoch("shard-1").await.unwrap(), 1);
+    let out = store.resources(vec![acquire("b")]).await.unwrap();
+    let Ok(Reply::Resource(ResourceReply::Held(held))) = &out.replies[0] else {
+        panic!("{:?}", out.replies[0]);
+    };
+    assert_eq!(held.epoch, 2, "the epoch survives release and restart");
+    let history = store.resource_history(Some("shard-1"), 10).await.unwrap();
+    assert_eq!(
+        history.len(),
+        3,
+        "acquired, released, acquired: {history:?}"
+    );
+    let parked = store.parked(&ParkedQuery::default()).await.unwrap();
+    assert_eq!(
+        (parked.len(), parked[0].partial.as_deref()),
+        (1, Some(&b"half"[..]))
+    );
+    let events = store
+        .slot_history(&HistoryQuery {
+            space: name.clone(),
+            seq: Some(1),
+            from_seq: 1,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
+    // Parking and the gap happen at the same instant; ties go in `SlotEventKind` order.
+    assert_eq!(kinds, ["granted", "expired", "claimed", "parked", "gapped"]);
+    store.close().await;
 }

@@ -43,6 +43,7 @@ use seqlease_core::{BatchOutcome, Command, LeaseKey, SpaceName, Timestamp};
 
 use crate::codec::seq_param;
 use crate::error::WriteError;
+use crate::resources;
 use plan::Plan;
 
 /// Apply `commands` in one transaction on the write connection; see the module docs.
@@ -87,7 +88,31 @@ fn load(conn: &Connection, now: Timestamp, commands: &[Command]) -> Result<Plan,
             slots.push(loaded.slots);
         }
     }
+    // Fences (I9): the current epoch of every resource a grant or a loaded lease names,
+    // read in this transaction. Batches without fences read nothing more.
+    let mut fenced: Vec<&str> = commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Grant(g) => g.fence.as_ref().map(|f| f.resource.as_str()),
+            _ => None,
+        })
+        .chain(
+            slots
+                .iter()
+                .flatten()
+                .filter_map(|(_, slot, _)| slot.fence.as_ref().map(|f| f.resource.as_str())),
+        )
+        .collect();
+    fenced.sort_unstable();
+    fenced.dedup();
+    let epochs = fenced
+        .into_iter()
+        .map(|r| Ok((r.to_string(), resources::epoch_in(conn, r)?)))
+        .collect::<Result<Vec<_>, WriteError>>()?;
     let mut plan = Plan::new(now, spaces, commands.len());
+    for (resource, epoch) in epochs {
+        plan.set_epoch(resource, epoch);
+    }
     for (index, loaded) in slots.into_iter().enumerate() {
         for (seq, slot, committed_seq) in loaded {
             if let Some(existing) = committed_seq {

@@ -63,6 +63,8 @@ pub(crate) struct Slot {
     pub state: SlotState,
     pub token: Token,
     pub operation_id: String,
+    /// The fence the lease was granted under, checked at commit (I9).
+    pub fence: Option<Fence>,
     pub expires_at: Timestamp,
     pub renewals: u32,
     /// Partial work or a result is recorded (stored or recorded in this batch).
@@ -89,6 +91,8 @@ pub(crate) struct Plan {
     pub slots: BTreeMap<SlotId, Slot>,
     /// Committed operation ids per space (I6): loaded ones and the ones committed here.
     committed: HashMap<(usize, String), u64>,
+    /// Current epochs of the resources the batch's fences name (absent: never held, 0).
+    epochs: HashMap<String, u64>,
     /// History events the slot rows cannot show (renewals, hand-overs), in order; the
     /// actor is the slot's owner.
     pub events: Vec<Event>,
@@ -113,6 +117,7 @@ impl Plan {
             spaces,
             slots: BTreeMap::new(),
             committed: HashMap::new(),
+            epochs: HashMap::new(),
             events: Vec::new(),
             outcome,
         }
@@ -131,6 +136,24 @@ impl Plan {
     /// Add an operation id already committed in the database at `seq`.
     pub fn add_committed(&mut self, space: usize, operation_id: String, seq: u64) {
         self.committed.insert((space, operation_id), seq);
+    }
+
+    /// Record a resource's current epoch, read in the batch's transaction.
+    pub fn set_epoch(&mut self, resource: String, epoch: u64) {
+        self.epochs.insert(resource, epoch);
+    }
+
+    /// Refuse a write whose fence epoch is no longer the resource's current epoch (I9).
+    fn check_fence(&self, fence: &Fence) -> Result<(), LeaseError> {
+        let current = self.epochs.get(&fence.resource).copied().unwrap_or(0);
+        if current != fence.epoch {
+            return Err(LeaseError::StaleEpoch {
+                resource: fence.resource.clone(),
+                current,
+                attempted: fence.epoch,
+            });
+        }
+        Ok(())
     }
 
     /// Apply one command and record its reply.
@@ -158,6 +181,9 @@ impl Plan {
         let Some(index) = self.space_index(&req.space) else {
             return Err(LeaseError::UnknownSpace { space: req.space });
         };
+        if let Some(fence) = &req.fence {
+            self.check_fence(fence)?;
+        }
         let space = &mut self.spaces[index];
         if space.in_flight >= space.capacity {
             return Err(LeaseError::AtCapacity {
@@ -192,6 +218,7 @@ impl Plan {
                 state: SlotState::Leased,
                 token: lease.token,
                 operation_id: lease.operation_id.clone(),
+                fence: lease.fence.clone(),
                 expires_at: lease.expires_at,
                 renewals: 0,
                 has_work: false,
@@ -233,6 +260,9 @@ impl Plan {
             return Ok(Reply::Committed(outcome));
         }
         self.live(key)?;
+        if let Some(fence) = &self.slots[&id].fence {
+            self.check_fence(fence)?;
+        }
         let operation_id = self.slots[&id].operation_id.clone();
         let committed_key = (id.0, operation_id);
         if let Some(&existing) = self.committed.get(&committed_key) {
@@ -356,12 +386,8 @@ impl Plan {
                 now,
             });
         }
-        // Fence (I9): a slot granted under a resource lease may only be written while its
-        // fence epoch is the resource's current epoch. Resource leases and their epochs do
-        // not exist in this store yet (a later issue adds them, with their table); until
-        // then the fence is stored on the slot (fence_resource, fence_epoch) but cannot be
-        // checked. The check belongs here, after expiry, and needs the resources' current
-        // epochs loaded with the batch.
+        // The fence (I9) is checked by grant and commit, after these checks, as the
+        // in-memory reference store does.
         Ok(slot)
     }
 

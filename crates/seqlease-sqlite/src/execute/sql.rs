@@ -9,10 +9,10 @@
 //! Every value is bound; no SQL text is put together at run time.
 
 use rusqlite::{Connection, params};
-use seqlease_core::{OperationBody, SpaceName, StoreError, Timestamp, Token};
+use seqlease_core::{Fence, OperationBody, SpaceName, StoreError, Timestamp, Token};
 
 use super::plan::{Plan, Resolution, Slot, Space};
-use crate::codec::{epoch_param, seq_param, slot_state, state, to_u32, to_u64};
+use crate::codec::{epoch_of, epoch_param, seq_param, slot_state, state, to_u32, to_u64};
 use crate::error::{BACKEND, WriteError, corrupt_value};
 use crate::history::INSERT_OWNER_EVENT;
 
@@ -23,7 +23,8 @@ const LOAD_SPACE: &str = "SELECT sp.id, sp.last_seq, sp.watermark, sp.in_flight,
      s.seq, s.state, s.token, s.expires_at, s.gap_reason, s.operation_id, \
      (s.partial IS NOT NULL OR s.result_kind IS NOT NULL) AS has_work, s.renewals, \
      CASE WHEN s.state = 0 THEN (SELECT c.seq FROM slots c \
-         WHERE c.space_id = sp.id AND c.committed_op_id = s.operation_id) END AS committed_seq \
+         WHERE c.space_id = sp.id AND c.committed_op_id = s.operation_id) END AS committed_seq, \
+     s.fence_resource, s.fence_epoch \
      FROM spaces sp LEFT JOIN slots s \
      ON s.space_id = sp.id AND s.seq IN (SELECT value FROM json_each(?2)) \
      WHERE sp.name = ?1";
@@ -74,6 +75,16 @@ pub(crate) fn load_space(
             token: Token::from_slice(token)
                 .ok_or_else(|| corrupt_value("token length", token.len()))?,
             operation_id: row.get(10)?,
+            fence: match (
+                row.get::<_, Option<String>>(14)?,
+                row.get::<_, Option<i64>>(15)?,
+            ) {
+                (Some(resource), Some(epoch)) => Some(Fence {
+                    resource,
+                    epoch: epoch_of(epoch),
+                }),
+                _ => None,
+            },
             expires_at: Timestamp(row.get(8)?),
             renewals: to_u32("renewals", row.get(12)?)?,
             has_work: row.get(11)?,
