@@ -879,3 +879,66 @@ fn resequence(
     };
     append_committed(conn, spaces, index, now, append)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use seqlease_core::ManualClock;
+
+    use super::*;
+    use crate::history::INSERT_OWNER_EVENT;
+    use crate::{SqliteOptions, SqliteStore};
+
+    /// Every statement recovery runs on the write connection per slot or per space.
+    const STATEMENTS: [&str; 7] = [
+        OTHER_CLEANER_BUSY,
+        CLAIM,
+        LOAD_CLAIMED,
+        RECOVER_IN_PLACE,
+        GAP,
+        INSERT_OWNER_EVENT,
+        "SELECT seq FROM slots WHERE space_id = ?1 AND committed_op_id = ?2",
+    ];
+
+    /// Recovery finds its rows through indexes: no statement scans the slots table, which
+    /// grows without bound (the claim scan walks the partial index of LEASED slots).
+    #[tokio::test]
+    async fn recovery_never_scans_the_slots_table() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let opts = SqliteOptions {
+            clock: Arc::new(ManualClock::new()),
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open(&dir.path().join("plan.db"), opts)
+            .await
+            .expect("open");
+        let plans = store
+            .inner
+            .writer
+            .run(|conn| {
+                let mut plans = Vec::new();
+                for sql in STATEMENTS {
+                    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                    let mut rows = stmt.raw_query();
+                    let mut steps = Vec::new();
+                    while let Some(row) = rows.next()? {
+                        steps.push(row.get::<_, String>(3)?);
+                    }
+                    plans.push((sql, steps));
+                }
+                Ok(plans)
+            })
+            .await
+            .expect("explain");
+        for (sql, steps) in &plans {
+            let full_scan = |s: &String| s.starts_with("SCAN slots") && !s.contains("slots_leased");
+            assert!(!steps.iter().any(full_scan), "{sql}\n{steps:#?}");
+            assert!(
+                steps.iter().any(|s| s.starts_with("SEARCH ")),
+                "{sql}\n{steps:#?}"
+            );
+        }
+        store.close().await;
+    }
+}
