@@ -71,3 +71,8 @@ mod resources {
     use super::*;
     seqlease_conformance::resource_suite!(Postgres { group_commit: None });
 }
+
+mod history {
+    use super::*;
+    seqlease_conformance::history_suite!(Postgres { group_commit: None });
+}

@@ -27,13 +27,14 @@ use crate::error::{BACKEND, map_sqlx};
 pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
 
 /// The tables seqlease reads and writes.
-const TABLES: [&str; 6] = [
+const TABLES: [&str; 7] = [
     "spaces",
     "slots",
     "owners",
     "parked",
     "resources",
     "resource_events",
+    "slot_events",
 ];
 
 /// A connected, migrated pool.
@@ -327,7 +328,7 @@ async fn check_privileges(conn: &mut sqlx::PgConnection, target: &str) -> Result
     Err(StoreError::Permission {
         backend: BACKEND,
         detail: format!(
-            "role {user} lacks SELECT, INSERT or UPDATE on {} at {target}; run GRANT SELECT, INSERT, UPDATE ON spaces, slots, owners, parked, resources, resource_events TO {user}",
+            "role {user} lacks SELECT, INSERT or UPDATE on {} at {target}; run GRANT SELECT, INSERT, UPDATE ON spaces, slots, owners, parked, resources, resource_events, slot_events TO {user} (and DELETE ON slot_events for history pruning)",
             missing.join(", ")
         ),
     })

@@ -38,7 +38,7 @@ pub(crate) fn map_sqlx(e: sqlx::Error, target: &str) -> StoreError {
                 backend: BACKEND,
                 detail: format!(
                     "{msg} (server {target}); the role needs SELECT, INSERT and UPDATE on \
-                     seqlease's tables (GRANT SELECT, INSERT, UPDATE ON spaces, slots, owners, parked, resources, resource_events TO role), \
+                     seqlease's tables (GRANT SELECT, INSERT, UPDATE ON spaces, slots, owners, parked, resources, resource_events, slot_events TO role; DELETE ON slot_events), \
                      and CREATE on the schema to apply migrations"
                 ),
             },

@@ -36,14 +36,15 @@ use std::time::Duration;
 use seqlease_core::time::duration_micros;
 use seqlease_core::{
     BatchOutcome, Command, CommitOutcome, CommitStatus, Fence, GapReason, GrantRequest, LeaseError,
-    LeaseKey, LeaseRecord, OperationBody, ReleaseOutcome, Reply, SlotState, SpaceName, StoreError,
-    Timestamp, Token,
+    LeaseKey, LeaseRecord, OperationBody, ReleaseOutcome, Reply, SlotEventKind, SlotState,
+    SpaceName, StoreError, Timestamp, Token,
 };
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
 use crate::Inner;
 use crate::error::{corrupt_value, map_sqlx};
+use crate::history::Events;
 use crate::read::{epoch_of, epoch_param, slot_state, state, to_u32, to_u64};
 
 type CommandResult = Result<Reply, LeaseError>;
@@ -69,6 +70,7 @@ pub(crate) async fn execute(
         outcome.replies.push(reply);
     }
     batch.write(&mut tx, inner, &mut outcome).await?;
+    batch.events.write(&mut tx, target).await?;
     tx.commit().await.map_err(map)?;
     Ok(outcome)
 }
@@ -134,6 +136,8 @@ struct Slot {
     leased_at: i64,
     /// The lease's fence (I9): checked against the resource's epoch at commit.
     fence: Option<Fence>,
+    /// The lease's owner (the actor of its history events).
+    owner: String,
 }
 
 /// The state of one batch.
@@ -147,6 +151,8 @@ struct Batch {
     committed: HashMap<(usize, String), u64>,
     /// Current epochs of the resources that fences in this batch name (0: never held).
     epochs: HashMap<String, u64>,
+    /// Lease-history events of this batch (renewals, hand-overs to recovery).
+    events: Events,
 }
 
 impl Batch {
@@ -248,7 +254,7 @@ impl Batch {
                     (s.partial IS NOT NULL OR s.result_kind IS NOT NULL) AS has_work, \
                     (SELECT c.seq FROM slots c \
                       WHERE c.space_id = s.space_id AND c.committed_op_id = s.operation_id) AS existing, \
-                    clk.now, s.fence_resource, s.fence_epoch \
+                    clk.now, s.fence_resource, s.fence_epoch, s.owner \
              FROM unnest($3::bigint[], $4::bigint[]) AS k(space_id, seq) \
              JOIN slots s ON s.space_id = k.space_id AND s.seq = k.seq \
              CROSS JOIN clk",
@@ -298,6 +304,7 @@ impl Batch {
                     expires_at: row.try_get(6).map_err(get)?,
                     renewals: row.try_get(7).map_err(get)?,
                     has_work: row.try_get(8).map_err(get)?,
+                    owner: row.try_get(13).map_err(get)?,
                     partial: Work::Keep,
                     result: Work::Keep,
                     resolved_at: None,
@@ -465,6 +472,7 @@ impl Batch {
                 superseded_by: None,
                 gap_detail: None,
                 fence: req.fence.clone(),
+                owner: req.owner.clone(),
                 grant: Some(req),
                 leased_at: now,
             },
@@ -533,9 +541,13 @@ impl Batch {
         slot.expires_at = now.saturating_add(duration_micros(ttl));
         slot.renewals += 1;
         slot.dirty = true;
+        let (space, expires_at, renewals) = (slot.space, slot.expires_at, slot.renewals);
+        let owner = slot.owner.clone();
+        let until = format!("until {}", Timestamp(expires_at));
+        self.record(space, key.seq, SlotEventKind::Renewed, &owner, Some(until));
         Ok(Reply::Renewed {
-            expires_at: Timestamp(slot.expires_at),
-            renewals: u32::try_from(slot.renewals).unwrap_or(u32::MAX),
+            expires_at: Timestamp(expires_at),
+            renewals: u32::try_from(renewals).unwrap_or(u32::MAX),
         })
     }
 
@@ -604,6 +616,14 @@ impl Batch {
             // Recorded work is never dropped (I5): the slot stays LEASED, expired now, and
             // the recovery chain commits the work or parks it.
             slot.expires_at = now;
+            let (space, owner) = (slot.space, slot.owner.clone());
+            self.record(
+                space,
+                key.seq,
+                SlotEventKind::HandedToRecovery,
+                &owner,
+                detail,
+            );
             return Ok(Reply::Released(ReleaseOutcome::HandedToRecovery));
         }
         slot.state = state::GAP;
@@ -615,6 +635,21 @@ impl Batch {
         let space = slot.space;
         self.left_leased(space, outcome);
         Ok(Reply::Released(ReleaseOutcome::Gap))
+    }
+
+    /// Record a transition the slot row cannot show (lease history).
+    fn record(
+        &mut self,
+        space: usize,
+        seq: u64,
+        kind: SlotEventKind,
+        actor: &str,
+        detail: Option<String>,
+    ) {
+        let space_id = self.spaces[space].id;
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        self.events
+            .push(space_id, seq, self.now, kind, actor, detail);
     }
 
     fn left_leased(&mut self, space: usize, outcome: &mut BatchOutcome) {

@@ -38,7 +38,8 @@
 //! The modules: `connect` (pool, migrations, schema and privilege checks), `execute` (the
 //! batch transaction), `read` (spaces, the ordered log and slots), `notify` (LISTEN task),
 //! `liveness` (owner locks and the dead-owner probe), `recovery` (claims, resolution and
-//! the queue of parked work), `resources` (resource leases, epochs and their audit
+//! the queue of parked work), `history` (lease history: recorded events merged with the
+//! transitions the slot rows show), `resources` (resource leases, epochs and their audit
 //! history) and `error` (mapping PostgreSQL
 //! failures to [`StoreError`]).
 
@@ -47,6 +48,7 @@
 mod connect;
 mod error;
 mod execute;
+mod history;
 mod liveness;
 mod notify;
 mod read;
@@ -62,10 +64,10 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use seqlease_core::time::duration_micros;
 use seqlease_core::{
-    BatchOutcome, BatchingHint, ClaimRequest, Command, Entry, ExpiredSlot, ParkedCommand,
-    ParkedQuery, ParkedWork, ProgressListener, Resolve, ResourceCommand, ResourceEvent,
-    ResourceLease, ResourceQuery, SlotView, SpaceConfig, SpaceInfo, SpaceName, Store, StoreError,
-    TimeControl, Timestamp,
+    BatchOutcome, BatchingHint, ClaimRequest, Command, Entry, ExpiredSlot, HistoryQuery,
+    ParkedCommand, ParkedQuery, ParkedWork, ProgressListener, Resolve, ResourceCommand,
+    ResourceEvent, ResourceLease, ResourceQuery, SlotEvent, SlotView, SpaceConfig, SpaceInfo,
+    SpaceName, Store, StoreError, TimeControl, Timestamp,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use tokio::sync::watch;
@@ -372,6 +374,14 @@ impl Store for PgStore {
 
     async fn resource_epoch(&self, resource: &str) -> Result<u64, StoreError> {
         resources::resource_epoch(&self.inner, resource).await
+    }
+
+    async fn slot_history(&self, query: &HistoryQuery) -> Result<Vec<SlotEvent>, StoreError> {
+        history::slot_history(&self.inner, query).await
+    }
+
+    async fn prune_slot_history(&self, before: Timestamp) -> Result<u64, StoreError> {
+        history::prune(&self.inner, before).await
     }
 
     async fn resource_history(

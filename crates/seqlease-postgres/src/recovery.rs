@@ -28,13 +28,14 @@ use seqlease_core::time::duration_micros;
 use seqlease_core::{
     BatchOutcome, ClaimKey, ClaimRequest, ExpiredSlot, Fence, GapReason, LeaseError, LeaseRecord,
     OperationBody, ParkedAction, ParkedCommand, ParkedQuery, ParkedState, ParkedWork, Placement,
-    RecoveryInfo, Reply, Resolution, Resolve, ResolveOutcome, SpaceName, StoreError, Timestamp,
-    Token,
+    RecoveryInfo, Reply, Resolution, Resolve, ResolveOutcome, SlotEventKind, SpaceName, StoreError,
+    Timestamp, Token,
 };
 use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgRow};
 
 use crate::error::{BACKEND, corrupt_value, map_sqlx};
+use crate::history::Events;
 use crate::read::{epoch_of, epoch_param, state, to_u32, to_u64};
 use crate::{CLOCK_SQL, Inner, NOW_SQL};
 
@@ -220,8 +221,34 @@ pub(crate) async fn claim_expired(
         .iter()
         .map(|row| expired_slot(&space.name, row, claim_expires_at, target))
         .collect::<Result<Vec<_>, _>>()?;
-    tx.commit().await.map_err(get)?;
     claimed.sort_by_key(|s| s.lease.seq);
+    // Lease history: the expiry (at the first claim) and the claim.
+    let mut events = Events::default();
+    for slot in &claimed {
+        let seq = to_i64("seq", slot.lease.seq)?;
+        if slot.attempts == 1 {
+            let at = slot.lease.expires_at.as_micros();
+            events.push(
+                space.id,
+                seq,
+                at,
+                SlotEventKind::Expired,
+                &slot.lease.owner,
+                None,
+            );
+        }
+        let detail = Some(format!("attempt {}", slot.attempts));
+        events.push(
+            space.id,
+            seq,
+            now,
+            SlotEventKind::Claimed,
+            &req.cleaner,
+            detail,
+        );
+    }
+    events.write(&mut tx, target).await?;
+    tx.commit().await.map_err(get)?;
     Ok(claimed)
 }
 
@@ -724,12 +751,24 @@ pub(crate) async fn resolve(
     }
     appended.write(&mut tx, now, target).await?;
     let ids = park.write(&mut tx, now, target).await?;
+    let mut events = Events::default();
     for (reply, row) in awaiting_id {
         let id = *ids
             .get(row)
             .ok_or_else(|| corrupt_value("parked rows inserted", ids.len()))?;
+        let (space_id, seq) = (park.space_id[row], park.seq[row]);
+        let detail = Some(format!("recovery queue item {id}"));
+        events.push(
+            space_id,
+            seq,
+            now,
+            SlotEventKind::Parked,
+            "recovery",
+            detail,
+        );
         outcome.replies[reply] = Ok(Reply::Resolved(ResolveOutcome::Gapped { parked: Some(id) }));
     }
+    events.write(&mut tx, target).await?;
     write_spaces(&mut tx, inner, &spaces, &mut outcome).await?;
     tx.commit().await.map_err(get)?;
     Ok(outcome)
@@ -931,6 +970,7 @@ pub(crate) async fn settle_parked(
         items.insert(work.id, (work, space_id));
     }
     let mut changed: Vec<u64> = Vec::new();
+    let mut events = Events::default();
     for command in commands {
         let Some((item, space_id)) = items.get_mut(&command.id) else {
             outcome.replies.push(Err(LeaseError::Parked {
@@ -994,8 +1034,30 @@ pub(crate) async fn settle_parked(
             item.state = ParkedState::Resequenced;
             item.resequenced_at_seq = Some(at);
             item.note = Some(format!("re-sequenced by {}", command.actor));
+            let detail = Some(format!("parked work re-sequenced at seq {at}"));
+            let seq = to_i64("seq", item.original_seq)?;
+            events.push(
+                *space_id,
+                seq,
+                now,
+                SlotEventKind::Recovered,
+                &command.actor,
+                detail,
+            );
         } else {
             apply_parked(item, &command);
+            if matches!(command.action, ParkedAction::Retry | ParkedAction::Discard) {
+                let seq = to_i64("seq", item.original_seq)?;
+                let detail = item.note.clone();
+                events.push(
+                    *space_id,
+                    seq,
+                    now,
+                    SlotEventKind::Manual,
+                    &command.actor,
+                    detail,
+                );
+            }
         }
         changed.push(item.id);
         outcome.replies.push(Ok(Reply::Parked(item.clone())));
@@ -1038,6 +1100,7 @@ pub(crate) async fn settle_parked(
         .await
         .map_err(get)?;
     }
+    events.write(&mut tx, target).await?;
     write_spaces(&mut tx, inner, &spaces, &mut outcome).await?;
     tx.commit().await.map_err(get)?;
     Ok(outcome)
