@@ -137,12 +137,20 @@ pub(crate) async fn space_info(
 
 /// All spaces, ordered by name.
 pub(crate) async fn list_spaces(inner: &Inner) -> Result<Vec<SpaceInfo>, StoreError> {
+    let mut conn = inner
+        .pool
+        .acquire()
+        .await
+        .map_err(|e| map_sqlx(e, &inner.target))?;
     let rows = sqlx::query(
         "SELECT name, last_seq, watermark, in_flight, capacity FROM spaces ORDER BY name",
     )
-    .fetch_all(&inner.pool)
+    .fetch_all(&mut *conn)
     .await
     .map_err(|e| map_sqlx(e, &inner.target))?;
+    // Back to the pool before returning (see `recovery`): the cleanup service calls this
+    // right after `expired_backlog`.
+    conn.return_to_pool().await;
     rows.iter()
         .map(|r| space_info_of(r, &inner.target))
         .collect()

@@ -17,6 +17,11 @@
 //! seq), one `INSERT … RETURNING id` into `parked`, and one `UPDATE spaces` that recomputes
 //! the watermark and sends `pg_notify` like a batch does.
 //!
+//! The cleanup service calls these back to back and measures their latency: they hand their
+//! connection back to the pool before returning (`return_to_pool`, which pings it), so the
+//! next call finds it idle instead of opening a new connection while the previous one is
+//! still being returned in the background.
+//!
 //! **Settling** parked work (re-sequence, failed attempt, retry, discard) locks the spaces of
 //! the items, then the items, and applies the actions in order with the state machine of
 //! `seqlease_core::recovery` (`check_parked`, `apply_parked`) that every store shares.
@@ -31,8 +36,8 @@ use seqlease_core::{
     RecoveryInfo, Reply, Resolution, Resolve, ResolveOutcome, SlotEventKind, SpaceName, StoreError,
     Timestamp, Token,
 };
-use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgRow};
+use sqlx::{Connection, Row};
 
 use crate::error::{BACKEND, corrupt_value, map_sqlx};
 use crate::history::Events;
@@ -143,6 +148,7 @@ pub(crate) async fn expired_backlog(inner: &Inner) -> Result<Vec<(SpaceName, u64
     let target = inner.target.as_str();
     let get = |e| map_sqlx(e, target);
     let (pinned, offset) = inner.clock.params();
+    let mut conn = inner.pool.acquire().await.map_err(get)?;
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "WITH clk AS MATERIALIZED (SELECT {NOW_SQL} AS now) \
          SELECT sp.name, count(*) FROM clk, spaces sp JOIN slots s ON s.space_id = sp.id \
@@ -152,9 +158,10 @@ pub(crate) async fn expired_backlog(inner: &Inner) -> Result<Vec<(SpaceName, u64
     )))
     .bind(pinned)
     .bind(offset)
-    .fetch_all(&inner.pool)
+    .fetch_all(&mut *conn)
     .await
     .map_err(get)?;
+    conn.return_to_pool().await;
     rows.iter()
         .map(|row| {
             let name: String = row.try_get(0).map_err(get)?;
@@ -175,7 +182,8 @@ pub(crate) async fn claim_expired(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    let mut tx = inner.pool.begin().await.map_err(get)?;
+    let mut conn = inner.pool.acquire().await.map_err(get)?;
+    let mut tx = conn.begin().await.map_err(get)?;
     let (spaces, now) = lock_spaces(&mut tx, inner, &[req.space.as_str().to_string()]).await?;
     let Some(space) = spaces.first() else {
         return Ok(Vec::new());
@@ -249,6 +257,7 @@ pub(crate) async fn claim_expired(
     }
     events.write(&mut tx, target).await?;
     tx.commit().await.map_err(get)?;
+    conn.return_to_pool().await;
     Ok(claimed)
 }
 
@@ -530,7 +539,8 @@ pub(crate) async fn resolve(
     }
     let target = inner.target.as_str();
     let get = |e| map_sqlx(e, target);
-    let mut tx = inner.pool.begin().await.map_err(get)?;
+    let mut conn = inner.pool.acquire().await.map_err(get)?;
+    let mut tx = conn.begin().await.map_err(get)?;
     let names: Vec<String> = items
         .iter()
         .map(|i| i.claim.space.as_str().to_string())
@@ -771,6 +781,7 @@ pub(crate) async fn resolve(
     events.write(&mut tx, target).await?;
     write_spaces(&mut tx, inner, &spaces, &mut outcome).await?;
     tx.commit().await.map_err(get)?;
+    conn.return_to_pool().await;
     Ok(outcome)
 }
 
