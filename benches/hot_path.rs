@@ -4,7 +4,8 @@
 //! docs/benchmarks.md); these isolate the per-cycle cost of one worker, so regressions in the
 //! engine or a store show up as a change in a single number.
 //!
-//! Run: `cargo bench --bench hot_path`.
+//! Run: `cargo bench --bench hot_path` (add `SEQLEASE_BENCH_PG=postgres://…` for the
+//! PostgreSQL keeper figure).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -101,6 +102,13 @@ fn keeper_renew_1000(c: &mut Criterion, name: &str, url: String) {
 fn benches(c: &mut Criterion) {
     keeper_ensure(c);
     keeper_renew_1000(c, "keeper_renew_1000/memory", "memory".into());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("keeper.db").display());
+    keeper_renew_1000(c, "keeper_renew_1000/sqlite", url);
+    // PostgreSQL needs a server: SEQLEASE_BENCH_PG=postgres://… to include it.
+    if let Ok(url) = std::env::var("SEQLEASE_BENCH_PG") {
+        keeper_renew_1000(c, "keeper_renew_1000/postgres", url);
+    }
     cycle(c, "grant_commit_cycle/memory", "memory".into());
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());

@@ -2,6 +2,7 @@
 //! opens the store named by `--db`, calls the engine and prints.
 
 mod bench;
+mod bench_recovery;
 mod demo;
 mod progress;
 mod recovery;
@@ -24,6 +25,8 @@ enum Command {
     Demo(demo::Args),
     /// End-to-end load: grant→commit cycles with N concurrent workers.
     Bench(bench::Args),
+    /// Recovery latency: expiry→resolution of abandoned leases, and a cascade's drain time.
+    BenchRecovery(bench_recovery::Args),
     /// Show every space: allocated seqs, watermark, in-flight leases, capacity.
     Status(status::Args),
     /// The recovery queue: list parked work, retry it, or resolve it as a gap.
@@ -55,6 +58,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::BenchRecovery(args) => bench_recovery::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Recovery(args) => recovery::run(args).await,
             Command::Cleanup(args) => recovery::cleanup(args).await,

@@ -18,8 +18,12 @@
 //! **Lease checks** (renew, record, commit, release), in this order, each a typed error that
 //! writes nothing: the slot exists ([`LeaseError::UnknownSlot`]); the token matches
 //! ([`LeaseError::WrongToken`]); the slot is LEASED ([`LeaseError::Resolved`], except the
-//! commit retry below); `expires_at > now` ([`LeaseError::Expired`]); when fenced, the fence
-//! epoch is the resource's current epoch ([`LeaseError::StaleEpoch`]).
+//! commit retry below); `expires_at > now` ([`LeaseError::Expired`]).
+//!
+//! **Fences** (stores whose [`Store::checks_fences`] is true) are checked where a fenced lease
+//! writes into the log, in the same transaction: at **grant** and at **commit**, the fence
+//! epoch must be the resource's current epoch, else [`LeaseError::StaleEpoch`]. Renewals and
+//! records are not fenced: they only touch the lease, and its commit is checked anyway.
 //!
 //! **Renew** sets `expires_at = now + ttl` and increments `renewals`.
 //! **RecordPartial / RecordResult** store the bytes / body on the slot, replacing earlier ones.
