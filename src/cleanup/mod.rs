@@ -119,6 +119,8 @@ pub struct CycleReport {
     pub parked_failures: u64,
     /// Lease-history events pruned by the retention setting.
     pub history_pruned: u64,
+    /// Resource leases found expired and released (audited as expired).
+    pub resources_expired: u64,
 }
 
 impl CycleReport {
@@ -329,6 +331,21 @@ impl Cleanup {
         }
         if level == LoadLevel::Low {
             self.resequence_parked(&mut report).await?;
+        }
+        // Expired resource leases: mark them released, so queries and the audit trail say so.
+        match store
+            .resources(vec![seqlease_core::ResourceCommand::ExpireStale])
+            .await
+        {
+            Ok(outcome) => {
+                if let Some(Ok(Reply::Resource(seqlease_core::ResourceReply::Count(n)))) =
+                    outcome.replies.first()
+                {
+                    report.resources_expired = *n;
+                }
+            }
+            Err(seqlease_core::StoreError::Unsupported { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
         if let Some(retention) = config.history_retention {
             let before = inner.engine.now().await?.minus(retention);

@@ -302,6 +302,13 @@ pub async fn shutdown_releases_and_stale_leases_expire(h: &dyn Harness) {
         out.replies[0],
         Ok(Reply::Resource(ResourceReply::Count(1)))
     ));
+    // The cleanup service sweeps expired resource leases each cycle (stores with recovery).
+    b.acquire(Acquire::new("r-4").ttl(TTL)).await.unwrap();
+    fx.advance(TTL);
+    if let Ok(cleanup) = engine.cleanup().build().await {
+        assert_eq!(cleanup.run_once().await.unwrap().resources_expired, 1);
+        assert!(!engine.is_locked("r-4").await.unwrap());
+    }
     let history = engine.resource_history(Some("r-3"), 10).await.unwrap();
     assert_eq!(
         history.last().map(|e| e.kind),
