@@ -45,7 +45,7 @@ use sqlx::postgres::PgConnection;
 use crate::Inner;
 use crate::error::{corrupt_value, map_sqlx};
 use crate::history::Events;
-use crate::read::{epoch_of, epoch_param, slot_state, state, to_u32, to_u64};
+use crate::read::{epoch_from_column, epoch_to_column, slot_state, state, to_u32, to_u64};
 
 type CommandResult = Result<Reply, LeaseError>;
 
@@ -316,7 +316,7 @@ impl Batch {
                     fence: match (row.try_get(11).map_err(get)?, row.try_get(12).map_err(get)?) {
                         (Some(resource), Some(epoch)) => Some(Fence {
                             resource,
-                            epoch: epoch_of(epoch),
+                            epoch: epoch_from_column(epoch),
                         }),
                         _ => None,
                     },
@@ -904,7 +904,7 @@ impl Columns {
         self.i_fence_resource
             .push(grant.fence.as_ref().map(|f| f.resource.clone()));
         self.i_fence_epoch
-            .push(grant.fence.as_ref().map(|f| epoch_param(f.epoch)));
+            .push(grant.fence.as_ref().map(|f| epoch_to_column(f.epoch)));
         self.i_leased_at.push(slot.leased_at.min(now));
         self.i_expires_at.push(slot.expires_at);
         self.i_renewals.push(slot.renewals);

@@ -9,9 +9,9 @@
 //! query merges both per slot in time order, exactly as the in-memory store does; pruning
 //! deletes recorded events older than a cut-off, derived ones live as long as the slot.
 
+use seqlease_core::columns::recovery_from_json;
 use seqlease_core::{
-    GapReason, HistoryQuery, RecoveryInfo, SlotEvent, SlotEventKind, SlotState, StoreError,
-    Timestamp,
+    GapReason, HistoryQuery, SlotEvent, SlotEventKind, SlotState, StoreError, Timestamp,
 };
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
@@ -184,12 +184,7 @@ pub(crate) async fn slot_history(
         let resolved_at: Option<i64> = row.try_get(6).map_err(get)?;
         let recovery: Option<String> = row.try_get(7).map_err(get)?;
         let recovery = recovery
-            .map(|json| {
-                serde_json::from_str::<RecoveryInfo>(&json).map_err(|e| StoreError::Corrupt {
-                    backend: BACKEND,
-                    detail: format!("recovery metadata of seq {seq} does not decode: {e}"),
-                })
-            })
+            .map(|json| recovery_from_json(&json, BACKEND, &format!("seq {seq}")))
             .transpose()?;
         let superseded_by: Option<i64> = row.try_get(8).map_err(get)?;
         let gap_detail: Option<String> = row.try_get(9).map_err(get)?;

@@ -10,10 +10,11 @@
 //! are small integers (see [`state`]); gap reasons are their stable lowercase names; fence
 //! epochs are stored bit for bit in a `BIGINT`.
 
+use seqlease_core::columns::recovery_from_json;
+pub(crate) use seqlease_core::columns::{epoch_from_column, epoch_to_column};
 use seqlease_core::{
-    Entry, EntryContent, Fence, Gap, GapReason, LeaseRecord, Operation, OperationBody,
-    RecoveryInfo, SlotState, SlotView, SpaceConfig, SpaceInfo, SpaceName, StoreError, Timestamp,
-    Token,
+    Entry, EntryContent, Fence, Gap, GapReason, LeaseRecord, Operation, OperationBody, SlotState,
+    SlotView, SpaceConfig, SpaceInfo, SpaceName, StoreError, Timestamp, Token,
 };
 use sqlx::Row;
 use sqlx::postgres::PgRow;
@@ -54,16 +55,6 @@ pub(crate) fn to_u64(what: &str, v: i64) -> Result<u64, StoreError> {
 /// A stored non-negative integer as `u32`.
 pub(crate) fn to_u32(what: &str, v: i64) -> Result<u32, StoreError> {
     u32::try_from(v).map_err(|_| corrupt_value(what, v))
-}
-
-/// A fence epoch as a column value (bit for bit; epochs are only compared for equality).
-pub(crate) fn epoch_param(epoch: u64) -> i64 {
-    i64::from_ne_bytes(epoch.to_ne_bytes())
-}
-
-/// A stored fence epoch (see [`epoch_param`]).
-pub(crate) fn epoch_of(stored: i64) -> u64 {
-    u64::from_ne_bytes(stored.to_ne_bytes())
 }
 
 /// The store clock.
@@ -196,15 +187,9 @@ fn entry(space: &SpaceName, row: &PgRow, target: &str) -> Result<Entry, StoreErr
     let content = match code {
         state::COMMITTED => {
             let recovery: Option<String> = row.try_get(10).map_err(get)?;
-            let recovery = match recovery {
-                Some(json) => Some(serde_json::from_str::<RecoveryInfo>(&json).map_err(|e| {
-                    StoreError::Corrupt {
-                        backend: BACKEND,
-                        detail: format!("recovery metadata of {space}/{seq} does not decode: {e}"),
-                    }
-                })?),
-                None => None,
-            };
+            let recovery = recovery
+                .map(|json| recovery_from_json(&json, BACKEND, &format!("{space}/{seq}")))
+                .transpose()?;
             let operation_id: Option<String> = row.try_get(5).map_err(get)?;
             let kind: Option<String> = row.try_get(7).map_err(get)?;
             let payload: Option<Vec<u8>> = row.try_get(8).map_err(get)?;
@@ -283,7 +268,7 @@ pub(crate) async fn slot(
     let fence = match (fence_resource, fence_epoch) {
         (Some(resource), Some(epoch)) => Some(Fence {
             resource,
-            epoch: epoch_of(epoch),
+            epoch: epoch_from_column(epoch),
         }),
         _ => None,
     };
@@ -326,7 +311,7 @@ mod tests {
     #[test]
     fn epochs_round_trip_bit_for_bit() {
         for e in [0, 1, 42, i64::MAX as u64, u64::MAX] {
-            assert_eq!(epoch_of(epoch_param(e)), e);
+            assert_eq!(epoch_from_column(epoch_to_column(e)), e);
         }
     }
 

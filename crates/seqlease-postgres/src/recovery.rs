@@ -26,6 +26,7 @@
 //! the items, then the items, and applies the actions in order with the state machine of
 //! `seqlease_core::recovery` (`check_parked`, `apply_parked`) that every store shares.
 
+use seqlease_core::columns::{body_from_columns, fence_from_columns, recovery_to_json};
 use std::collections::HashMap;
 
 use seqlease_core::recovery::{action_name, apply_parked, check_parked};
@@ -41,7 +42,7 @@ use sqlx::{Connection, Row};
 
 use crate::error::{BACKEND, corrupt_value, map_sqlx};
 use crate::history::Events;
-use crate::read::{epoch_of, epoch_param, state, to_u32, to_u64};
+use crate::read::{epoch_to_column, state, to_u32, to_u64};
 use crate::{CLOCK_SQL, Inner, NOW_SQL};
 
 /// A space row locked by a recovery transaction.
@@ -112,35 +113,6 @@ fn space_name(stored: &str) -> Result<SpaceName, StoreError> {
 
 fn to_i64(what: &str, v: u64) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| corrupt_value(what, v))
-}
-
-fn body_of(
-    kind: Option<String>,
-    payload: Option<Vec<u8>>,
-    source: Option<String>,
-) -> Option<OperationBody> {
-    kind.map(|kind| OperationBody {
-        kind,
-        payload: payload.unwrap_or_default(),
-        source_event_id: source,
-    })
-}
-
-fn fence_of(resource: Option<String>, epoch: Option<i64>) -> Option<Fence> {
-    match (resource, epoch) {
-        (Some(resource), Some(epoch)) => Some(Fence {
-            resource,
-            epoch: epoch_of(epoch),
-        }),
-        _ => None,
-    }
-}
-
-fn recovery_json(info: &RecoveryInfo) -> Result<String, StoreError> {
-    serde_json::to_string(info).map_err(|e| StoreError::Backend {
-        backend: BACKEND,
-        detail: format!("recovery metadata does not encode: {e}"),
-    })
 }
 
 /// Expired, unclaimed LEASED slots per space (claims that expired count as unclaimed).
@@ -280,7 +252,7 @@ fn expired_slot(
             operation_id: row.try_get(1).map_err(get)?,
             projection_type: row.try_get(2).map_err(get)?,
             owner: row.try_get(3).map_err(get)?,
-            fence: fence_of(row.try_get(4).map_err(get)?, row.try_get(5).map_err(get)?),
+            fence: fence_from_columns(row.try_get(4).map_err(get)?, row.try_get(5).map_err(get)?),
             leased_at: Timestamp(row.try_get(6).map_err(get)?),
             expires_at: Timestamp(row.try_get(7).map_err(get)?),
             renewals: to_u32("renewals", i64::from(renewals))?,
@@ -293,7 +265,7 @@ fn expired_slot(
         },
         claim_expires_at: Timestamp(claim_expires_at),
         partial: row.try_get(9).map_err(get)?,
-        result: body_of(
+        result: body_from_columns(
             row.try_get(10).map_err(get)?,
             row.try_get(11).map_err(get)?,
             row.try_get(12).map_err(get)?,
@@ -413,7 +385,8 @@ impl Appended {
         self.projection_type.push(projection_type);
         self.owner.push(owner);
         self.fence_resource.push(fence.map(|f| f.resource.clone()));
-        self.fence_epoch.push(fence.map(|f| epoch_param(f.epoch)));
+        self.fence_epoch
+            .push(fence.map(|f| epoch_to_column(f.epoch)));
         self.kind.push(body.kind);
         self.payload.push(body.payload);
         self.source.push(body.source_event_id);
@@ -597,9 +570,12 @@ pub(crate) async fn resolve(
                 operation_id,
                 projection_type: row.try_get(6).map_err(get)?,
                 owner: row.try_get(7).map_err(get)?,
-                fence: fence_of(row.try_get(8).map_err(get)?, row.try_get(9).map_err(get)?),
+                fence: fence_from_columns(
+                    row.try_get(8).map_err(get)?,
+                    row.try_get(9).map_err(get)?,
+                ),
                 partial: row.try_get(10).map_err(get)?,
-                result: body_of(
+                result: body_from_columns(
                     row.try_get(11).map_err(get)?,
                     row.try_get(12).map_err(get)?,
                     row.try_get(13).map_err(get)?,
@@ -658,12 +634,15 @@ pub(crate) async fn resolve(
                     recovery_type,
                     placement,
                 } => {
-                    let info = recovery_json(&RecoveryInfo {
-                        original_seq: seq,
-                        original_operation_id: slot.operation_id.clone(),
-                        recovered_at: Timestamp(now),
-                        recovery_type,
-                    })?;
+                    let info = recovery_to_json(
+                        &RecoveryInfo {
+                            original_seq: seq,
+                            original_operation_id: slot.operation_id.clone(),
+                            recovered_at: Timestamp(now),
+                            recovery_type,
+                        },
+                        BACKEND,
+                    )?;
                     match placement {
                         Placement::InPlace => {
                             resolved.committed(
@@ -900,7 +879,7 @@ fn parked_work(row: &PgRow, target: &str) -> Result<ParkedWork, StoreError> {
         operation_id: row.try_get(3).map_err(get)?,
         projection_type: row.try_get(4).map_err(get)?,
         partial: row.try_get(5).map_err(get)?,
-        result: body_of(
+        result: body_from_columns(
             row.try_get(6).map_err(get)?,
             row.try_get(7).map_err(get)?,
             row.try_get(8).map_err(get)?,
@@ -1021,12 +1000,15 @@ pub(crate) async fn settle_parked(
                     let n = space.last_seq + 1;
                     space.last_seq = n;
                     space.dirty = true;
-                    let info = recovery_json(&RecoveryInfo {
-                        original_seq: item.original_seq,
-                        original_operation_id: item.operation_id.clone(),
-                        recovered_at: Timestamp(now),
-                        recovery_type: *recovery_type,
-                    })?;
+                    let info = recovery_to_json(
+                        &RecoveryInfo {
+                            original_seq: item.original_seq,
+                            original_operation_id: item.operation_id.clone(),
+                            recovered_at: Timestamp(now),
+                            recovery_type: *recovery_type,
+                        },
+                        BACKEND,
+                    )?;
                     let mut appended = Appended::default();
                     appended.push(
                         *space_id,

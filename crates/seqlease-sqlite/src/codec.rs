@@ -52,16 +52,7 @@ pub(crate) fn seq_param(seq: u64) -> Option<i64> {
     i64::try_from(seq).ok()
 }
 
-/// A fence epoch as a column value. Epochs are only ever compared for equality, so the
-/// `u64` is stored bit for bit in the `i64` column.
-pub(crate) fn epoch_param(epoch: u64) -> i64 {
-    i64::from_ne_bytes(epoch.to_ne_bytes())
-}
-
-/// A stored fence epoch (inverse of [`epoch_param`]).
-pub(crate) fn epoch_of(stored: i64) -> u64 {
-    u64::from_ne_bytes(stored.to_ne_bytes())
-}
+pub(crate) use seqlease_core::columns::{epoch_from_column, epoch_to_column};
 
 #[cfg(test)]
 mod tests {
@@ -70,7 +61,7 @@ mod tests {
     #[test]
     fn epochs_round_trip_bit_for_bit() {
         for e in [0, 1, 42, i64::MAX as u64, u64::MAX] {
-            assert_eq!(epoch_of(epoch_param(e)), e);
+            assert_eq!(epoch_from_column(epoch_to_column(e)), e);
         }
     }
 

@@ -9,9 +9,9 @@
 //! events by age; the derived ones live as long as the slot.
 
 use rusqlite::{Connection, params};
+use seqlease_core::columns::recovery_from_json;
 use seqlease_core::{
-    GapReason, HistoryQuery, RecoveryInfo, SlotEvent, SlotEventKind, SpaceName, StoreError,
-    Timestamp,
+    GapReason, HistoryQuery, SlotEvent, SlotEventKind, SpaceName, StoreError, Timestamp,
 };
 use sqlx::Row;
 use sqlx::sqlite::SqlitePool;
@@ -159,16 +159,9 @@ fn derived(space: &SpaceName, row: &sqlx::sqlite::SqliteRow) -> Result<Vec<SlotE
     let code: i64 = row.try_get(4).map_err(map_sqlx)?;
     let resolved_at: Option<i64> = row.try_get(5).map_err(map_sqlx)?;
     let recovery: Option<String> = row.try_get(6).map_err(map_sqlx)?;
-    let recovery =
-        match recovery {
-            Some(json) => Some(serde_json::from_str::<RecoveryInfo>(&json).map_err(|e| {
-                StoreError::Corrupt {
-                    backend: BACKEND,
-                    detail: format!("recovery metadata of {space}/{seq} does not decode: {e}"),
-                }
-            })?),
-            None => None,
-        };
+    let recovery = recovery
+        .map(|json| recovery_from_json(&json, BACKEND, &format!("{space}/{seq}")))
+        .transpose()?;
     let event = |at, kind, actor: &str, detail: Option<String>| SlotEvent {
         space: space.clone(),
         seq,

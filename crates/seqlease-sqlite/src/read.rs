@@ -6,14 +6,17 @@
 //! and entries at or below `W` are resolved and never change, so reading `1..=W` again gives
 //! the same entries.
 
+use seqlease_core::columns::recovery_from_json;
 use seqlease_core::{
-    Entry, EntryContent, Fence, Gap, LeaseRecord, Operation, OperationBody, RecoveryInfo,
-    SlotState, SlotView, SpaceName, StoreError, Timestamp, Token,
+    Entry, EntryContent, Fence, Gap, LeaseRecord, Operation, OperationBody, SlotState, SlotView,
+    SpaceName, StoreError, Timestamp, Token,
 };
 use sqlx::Row;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 
-use crate::codec::{epoch_of, gap_reason_of, seq_param, slot_state, state, to_u32, to_u64};
+use crate::codec::{
+    epoch_from_column, gap_reason_of, seq_param, slot_state, state, to_u32, to_u64,
+};
 use crate::error::{BACKEND, corrupt_value, map_sqlx};
 
 /// Resolved entries of `space` with `from <= seq <= watermark`, ascending, at most `limit`.
@@ -53,15 +56,9 @@ fn entry(space: &SpaceName, row: &SqliteRow) -> Result<Entry, StoreError> {
     let content = match code {
         state::COMMITTED => {
             let recovery: Option<String> = row.try_get(10).map_err(map_sqlx)?;
-            let recovery = match recovery {
-                Some(json) => Some(serde_json::from_str::<RecoveryInfo>(&json).map_err(|e| {
-                    StoreError::Corrupt {
-                        backend: BACKEND,
-                        detail: format!("recovery metadata of {space}/{seq} does not decode: {e}"),
-                    }
-                })?),
-                None => None,
-            };
+            let recovery = recovery
+                .map(|json| recovery_from_json(&json, BACKEND, &format!("{space}/{seq}")))
+                .transpose()?;
             let operation_id: Option<String> = row.try_get(5).map_err(map_sqlx)?;
             let kind: Option<String> = row.try_get(7).map_err(map_sqlx)?;
             let payload: Option<Vec<u8>> = row.try_get(8).map_err(map_sqlx)?;
@@ -138,7 +135,7 @@ pub(crate) async fn slot(
     let fence = match (fence_resource, fence_epoch) {
         (Some(resource), Some(epoch)) => Some(Fence {
             resource,
-            epoch: epoch_of(epoch),
+            epoch: epoch_from_column(epoch),
         }),
         _ => None,
     };

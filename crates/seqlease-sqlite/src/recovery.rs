@@ -20,6 +20,7 @@
 //! `apply_parked`) that every store shares.
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use seqlease_core::columns::{body_from_columns, fence_from_columns, recovery_to_json};
 use seqlease_core::recovery::{action_name, apply_parked, check_parked};
 use seqlease_core::{
     BatchOutcome, ClaimKey, ClaimRequest, ExpiredSlot, Fence, GapReason, LeaseError, LeaseRecord,
@@ -30,7 +31,7 @@ use seqlease_core::{
 use sqlx::Row;
 use sqlx::sqlite::SqlitePool;
 
-use crate::codec::{epoch_of, epoch_param, seq_param, state, to_u32, to_u64};
+use crate::codec::{epoch_to_column, seq_param, state, to_u32, to_u64};
 use crate::error::{BACKEND, WriteError, corrupt_value, map_sqlx};
 use crate::execute::sql::UPDATE_SPACE;
 use crate::history::record;
@@ -44,35 +45,6 @@ fn space_name(stored: &str) -> Result<SpaceName, StoreError> {
 
 fn seq_column(what: &str, v: u64) -> Result<i64, StoreError> {
     seq_param(v).ok_or_else(|| corrupt_value(what, v))
-}
-
-fn body_of(
-    kind: Option<String>,
-    payload: Option<Vec<u8>>,
-    source: Option<String>,
-) -> Option<OperationBody> {
-    kind.map(|kind| OperationBody {
-        kind,
-        payload: payload.unwrap_or_default(),
-        source_event_id: source,
-    })
-}
-
-fn fence_of(resource: Option<String>, epoch: Option<i64>) -> Option<Fence> {
-    match (resource, epoch) {
-        (Some(resource), Some(epoch)) => Some(Fence {
-            resource,
-            epoch: epoch_of(epoch),
-        }),
-        _ => None,
-    }
-}
-
-fn recovery_json(info: &RecoveryInfo) -> Result<String, StoreError> {
-    serde_json::to_string(info).map_err(|e| StoreError::Backend {
-        backend: BACKEND,
-        detail: format!("recovery metadata does not encode: {e}"),
-    })
 }
 
 // ---- backlog and claims ----
@@ -164,7 +136,7 @@ pub(crate) fn claim_expired(
                     operation_id: row.get(1)?,
                     projection_type: row.get(2)?,
                     owner: row.get(3)?,
-                    fence: fence_of(row.get(4)?, row.get(5)?),
+                    fence: fence_from_columns(row.get(4)?, row.get(5)?),
                     leased_at: Timestamp(row.get(6)?),
                     expires_at: Timestamp(row.get(7)?),
                     renewals: to_u32("renewals", row.get(8)?)?,
@@ -177,7 +149,7 @@ pub(crate) fn claim_expired(
                 },
                 claim_expires_at,
                 partial: row.get(9)?,
-                result: body_of(row.get(10)?, row.get(11)?, row.get(12)?),
+                result: body_from_columns(row.get(10)?, row.get(11)?, row.get(12)?),
                 attempts: to_u32("attempts", row.get(13)?)?,
             });
         }
@@ -379,12 +351,12 @@ fn append_committed(
         a.projection_type,
         a.owner,
         a.fence.map(|f| f.resource.as_str()),
-        a.fence.map(|f| epoch_param(f.epoch)),
+        a.fence.map(|f| epoch_to_column(f.epoch)),
         now.as_micros(),
         a.body.kind.as_str(),
         a.body.payload.as_slice(),
         a.body.source_event_id.as_deref(),
-        recovery_json(a.recovery)?,
+        recovery_to_json(a.recovery, BACKEND)?,
     ])?;
     expect_one("append a recovered slot", inserted)?;
     space.last_seq = n;
@@ -460,9 +432,9 @@ fn resolve_one(
                 operation_id: r.get(3)?,
                 projection_type: r.get(4)?,
                 owner: r.get(5)?,
-                fence: fence_of(r.get(6)?, r.get(7)?),
+                fence: fence_from_columns(r.get(6)?, r.get(7)?),
                 partial: r.get(8)?,
-                result: body_of(r.get(9)?, r.get(10)?, r.get(11)?),
+                result: body_from_columns(r.get(9)?, r.get(10)?, r.get(11)?),
             })
         })
         .optional()?;
@@ -509,7 +481,7 @@ fn resolve_one(
                         body.kind.as_str(),
                         body.payload.as_slice(),
                         body.source_event_id.as_deref(),
-                        recovery_json(&recovery)?,
+                        recovery_to_json(&recovery, BACKEND)?,
                         space_id,
                         seq_col,
                     ])?;
@@ -653,7 +625,7 @@ impl RawParked {
             operation_id: self.operation_id,
             projection_type: self.projection_type,
             partial: self.partial,
-            result: body_of(
+            result: body_from_columns(
                 self.result_kind,
                 self.result_payload,
                 self.result_source_event,

@@ -16,7 +16,7 @@ use seqlease_core::{
 use sqlx::Row;
 use sqlx::sqlite::SqlitePool;
 
-use crate::codec::{epoch_of, epoch_param, to_u32};
+use crate::codec::{epoch_from_column, epoch_to_column, to_u32};
 use crate::error::{WriteError, corrupt_value, map_sqlx};
 
 /// A resource's row as a command sees it.
@@ -62,7 +62,7 @@ fn load(conn: &Connection, resource: &str) -> Result<Option<Record>, WriteError>
     else {
         return Ok(None);
     };
-    let epoch = epoch_of(epoch);
+    let epoch = epoch_from_column(epoch);
     let lease = match holder {
         Some(holder) => Some(ResourceLease {
             resource: resource.to_string(),
@@ -91,7 +91,7 @@ pub(crate) fn epoch_in(conn: &Connection, resource: &str) -> Result<u64, WriteEr
         .prepare_cached("SELECT epoch FROM resources WHERE name = ?1")?
         .query_row([resource], |r| r.get(0))
         .optional()?;
-    Ok(epoch.map_or(0, epoch_of))
+    Ok(epoch.map_or(0, epoch_from_column))
 }
 
 fn audit(
@@ -112,7 +112,7 @@ fn audit(
         kind.as_str(),
         agent,
         actor,
-        epoch_param(epoch),
+        epoch_to_column(epoch),
         at.as_micros()
     ])?;
     Ok(())
@@ -208,7 +208,7 @@ fn apply(
             )?
             .execute(params![
                 resource.as_str(),
-                epoch_param(lease.epoch),
+                epoch_to_column(lease.epoch),
                 agent.as_str(),
                 now.as_micros(),
                 lease.expires_at.as_micros(),
@@ -299,7 +299,15 @@ fn apply(
                 ResourceEventKind::ForceReleased
             };
             for (resource, epoch) in &held {
-                audit(conn, resource, kind, &agent, &actor, epoch_of(*epoch), now)?;
+                audit(
+                    conn,
+                    resource,
+                    kind,
+                    &agent,
+                    &actor,
+                    epoch_from_column(*epoch),
+                    now,
+                )?;
             }
             Ok(Ok(ResourceReply::Count(held.len() as u64)))
         }
@@ -315,7 +323,15 @@ fn apply(
             for (resource, holder, epoch) in &expired {
                 let (kind, holder) = (ResourceEventKind::Expired, holder.as_deref());
                 let holder = holder.unwrap_or_default();
-                audit(conn, resource, kind, holder, "store", epoch_of(*epoch), now)?;
+                audit(
+                    conn,
+                    resource,
+                    kind,
+                    holder,
+                    "store",
+                    epoch_from_column(*epoch),
+                    now,
+                )?;
             }
             Ok(Ok(ResourceReply::Count(expired.len() as u64)))
         }
@@ -351,7 +367,7 @@ pub(crate) async fn resource_leases(
             let max_renewals: Option<i64> = r.try_get(6).map_err(map_sqlx)?;
             Ok(ResourceLease {
                 resource: r.try_get(0).map_err(map_sqlx)?,
-                epoch: epoch_of(r.try_get(1).map_err(map_sqlx)?),
+                epoch: epoch_from_column(r.try_get(1).map_err(map_sqlx)?),
                 holder: r.try_get(2).map_err(map_sqlx)?,
                 acquired_at: Timestamp(r.try_get(3).map_err(map_sqlx)?),
                 expires_at: Timestamp(r.try_get(4).map_err(map_sqlx)?),
@@ -375,7 +391,7 @@ pub(crate) async fn resource_epoch(
         .fetch_optional(readers)
         .await
         .map_err(map_sqlx)?;
-    Ok(epoch.map_or(0, epoch_of))
+    Ok(epoch.map_or(0, epoch_from_column))
 }
 
 const EVENT_KINDS: [ResourceEventKind; 6] = [
@@ -414,7 +430,7 @@ pub(crate) async fn resource_history(
                     .ok_or_else(|| corrupt_value("resource event kind", format!("{kind:?}")))?,
                 agent: r.try_get(2).map_err(map_sqlx)?,
                 actor: r.try_get(3).map_err(map_sqlx)?,
-                epoch: epoch_of(r.try_get(4).map_err(map_sqlx)?),
+                epoch: epoch_from_column(r.try_get(4).map_err(map_sqlx)?),
                 at: Timestamp(r.try_get(5).map_err(map_sqlx)?),
             })
         })

@@ -12,7 +12,9 @@ use rusqlite::{Connection, params};
 use seqlease_core::{Fence, OperationBody, SpaceName, StoreError, Timestamp, Token};
 
 use super::plan::{Plan, Resolution, Slot, Space};
-use crate::codec::{epoch_of, epoch_param, seq_param, slot_state, state, to_u32, to_u64};
+use crate::codec::{
+    epoch_from_column, epoch_to_column, seq_param, slot_state, state, to_u32, to_u64,
+};
 use crate::error::{BACKEND, WriteError, corrupt_value};
 use crate::history::INSERT_OWNER_EVENT;
 
@@ -81,7 +83,7 @@ pub(crate) fn load_space(
             ) {
                 (Some(resource), Some(epoch)) => Some(Fence {
                     resource,
-                    epoch: epoch_of(epoch),
+                    epoch: epoch_from_column(epoch),
                 }),
                 _ => None,
             },
@@ -198,7 +200,7 @@ fn insert_granted(conn: &Connection, plan: &Plan) -> Result<(), WriteError> {
             granted.projection_type.as_str(),
             granted.owner.as_str(),
             granted.fence.as_ref().map(|f| f.resource.as_str()),
-            granted.fence.as_ref().map(|f| epoch_param(f.epoch)),
+            granted.fence.as_ref().map(|f| epoch_to_column(f.epoch)),
             granted.leased_at.as_micros(),
             slot.expires_at.as_micros(),
             i64::from(slot.renewals),
