@@ -82,6 +82,25 @@ async fn setup(h: &dyn Harness, capacity: u32) -> (Fixture, Engine, Space) {
     (fx, engine, space)
 }
 
+/// Grant one lease per `i` and abandon it with work recorded, as crashed workers leave them:
+/// partial work for even `i`, a completed result for odd `i`.
+async fn abandon_with_work(s: &Space, range: std::ops::Range<u64>) {
+    for i in range {
+        let mut l = s
+            .grant(Grant::new(format!("op-{i}"), "orders").ttl(TTL))
+            .await
+            .unwrap();
+        if i % 2 == 0 {
+            l.record_partial(format!("{{\"ids\":[{i}]}}").into_bytes())
+                .await
+                .unwrap();
+        } else {
+            l.record_result(body(i)).await.unwrap();
+        }
+        l.abandon();
+    }
+}
+
 async fn read_all(space: &Space) -> Vec<seqlease::Entry> {
     space
         .engine()
@@ -117,7 +136,10 @@ pub async fn chain_recovers_in_place(h: &dyn Harness) {
         .await
         .unwrap();
     no_resolver.record_partial(b"x".to_vec()).await.unwrap();
-    std::mem::forget((partial, result, no_resolver, _nothing)); // workers that vanished
+    // Workers that vanished.
+    for l in [partial, result, no_resolver, _nothing] {
+        l.abandon();
+    }
     fx.advance(TTL);
     let cleanup = engine
         .cleanup()
@@ -186,7 +208,7 @@ pub async fn chain_recovers_at_new_seq(h: &dyn Harness) {
     let (fx, engine, s) = setup(h, 100).await;
     let mut l = s.grant(Grant::new("op", "orders").ttl(TTL)).await.unwrap();
     l.record_result(body(7)).await.unwrap();
-    std::mem::forget(l);
+    l.abandon();
     let mut after = s
         .grant(Grant::new("after", "orders").ttl(TTL))
         .await
@@ -238,7 +260,7 @@ pub async fn racing_cleaners_resolve_each_slot_once(h: &dyn Harness) {
         if i % 2 == 0 {
             l.record_result(body(i)).await.unwrap();
         }
-        std::mem::forget(l);
+        l.abandon();
     }
     fx.advance(TTL);
     let mut tasks = Vec::new();
@@ -296,7 +318,7 @@ pub async fn cleaner_killed_between_claim_and_resolve(h: &dyn Harness) {
     let (fx, engine, s) = setup(h, 100).await;
     let mut l = s.grant(Grant::new("op", "orders").ttl(TTL)).await.unwrap();
     l.record_result(body(1)).await.unwrap();
-    std::mem::forget(l);
+    l.abandon();
     fx.advance(TTL);
     let store = engine.store().clone();
     let claim_ttl = Duration::from_secs(10);
@@ -433,7 +455,7 @@ pub async fn cascade_of_ten_thousand(h: &dyn Harness) {
             if i % 10 == 0 {
                 l.record_result(body(i)).await.unwrap();
             }
-            std::mem::forget(l);
+            l.abandon();
         }
     }
     fx.advance(TTL);
@@ -502,20 +524,7 @@ pub async fn cascade_of_ten_thousand(h: &dyn Harness) {
 pub async fn policy_switches_without_losing_work(h: &dyn Harness) {
     let (fx, engine, s) = setup(h, 1000).await;
     let n = 30;
-    for i in 0..n {
-        let mut l = s
-            .grant(Grant::new(format!("op-{i}"), "orders").ttl(TTL))
-            .await
-            .unwrap();
-        if i % 2 == 0 {
-            l.record_partial(format!("{{\"ids\":[{i}]}}").into_bytes())
-                .await
-                .unwrap();
-        } else {
-            l.record_result(body(i)).await.unwrap();
-        }
-        std::mem::forget(l);
-    }
+    abandon_with_work(&s, 0..n).await;
     fx.advance(TTL);
     let high = LoadClassifier {
         thresholds: LoadThresholds {
@@ -555,20 +564,7 @@ pub async fn policy_switches_without_losing_work(h: &dyn Harness) {
         "high load: gap at once, park everything"
     );
     // More expire; medium load recovers the cheap ones (results) and parks partial work.
-    for i in n..n + 10 {
-        let mut l = s
-            .grant(Grant::new(format!("op-{i}"), "orders").ttl(TTL))
-            .await
-            .unwrap();
-        if i % 2 == 0 {
-            l.record_partial(format!("{{\"ids\":[{i}]}}").into_bytes())
-                .await
-                .unwrap();
-        } else {
-            l.record_result(body(i)).await.unwrap();
-        }
-        std::mem::forget(l);
-    }
+    abandon_with_work(&s, n..n + 10).await;
     fx.advance(TTL);
     let r = run(medium).await;
     assert_eq!(r.level, Some(seqlease::cleanup::LoadLevel::Medium));
@@ -621,7 +617,7 @@ pub async fn failing_resolver_goes_to_manual_queue(h: &dyn Harness) {
             .await
             .unwrap();
         l.record_partial(b"{\"ids\":[1]}".to_vec()).await.unwrap();
-        std::mem::forget(l);
+        l.abandon();
     }
     fx.advance(TTL);
     let calls = Arc::new(AtomicUsize::new(0));
@@ -783,7 +779,7 @@ pub async fn recovery_never_duplicates_a_committed_operation(h: &dyn Harness) {
         .await
         .unwrap();
     first.record_result(body(1)).await.unwrap();
-    std::mem::forget(first);
+    first.abandon();
     let mut second = s
         .grant(Grant::new("same", "orders").ttl(TTL * 2))
         .await

@@ -252,7 +252,7 @@ pub async fn i2_racing_commit_and_release_resolve_once(h: &dyn Harness) {
                 seq: l.seq(),
                 token: l.token(),
             };
-            std::mem::forget(l); // the raw commands below own these slots
+            l.abandon(); // the raw commands below own these slots
             key
         })
         .collect();
