@@ -67,8 +67,11 @@ pub struct CleanupConfig {
     pub classifier: LoadClassifier,
     /// Cascade handling.
     pub cascade: CascadeConfig,
-    /// Recorded lease-history events older than this are pruned each cycle (`None`: kept).
+    /// Recorded lease-history events older than this are pruned (`None`: kept).
     pub history_retention: Option<Duration>,
+    /// How often housekeeping runs (expired resource leases released, history pruned): on
+    /// the first cycle, then at most this often.
+    pub maintenance_interval: Duration,
 }
 
 impl Default for CleanupConfig {
@@ -88,6 +91,7 @@ impl Default for CleanupConfig {
             classifier: LoadClassifier::default(),
             cascade: CascadeConfig::default(),
             history_retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            maintenance_interval: Duration::from_secs(60),
         }
     }
 }
@@ -225,6 +229,8 @@ struct State {
     cascade: Cascade,
     store_latency: Duration,
     step_latency: Duration,
+    /// When housekeeping last ran (`None`: not yet).
+    last_maintenance: Option<Instant>,
 }
 
 /// A running cleanup service; stops when [`CleanupHandle::stop`] is called or it is dropped.
@@ -332,7 +338,21 @@ impl Cleanup {
         if level == LoadLevel::Low {
             self.resequence_parked(&mut report).await?;
         }
-        // Expired resource leases: mark them released, so queries and the audit trail say so.
+        let due = state
+            .last_maintenance
+            .is_none_or(|t| t.elapsed() >= config.maintenance_interval);
+        if due {
+            state.last_maintenance = Some(Instant::now());
+            self.maintain(&mut report).await?;
+        }
+        Ok(report)
+    }
+
+    /// Housekeeping that need not run every cycle: release expired resource leases (so
+    /// queries and the audit trail say so) and prune old lease history.
+    async fn maintain(&self, report: &mut CycleReport) -> Result<()> {
+        let inner = &self.inner;
+        let store = inner.engine.store();
         match store
             .resources(vec![seqlease_core::ResourceCommand::ExpireStale])
             .await
@@ -347,7 +367,7 @@ impl Cleanup {
             Err(seqlease_core::StoreError::Unsupported { .. }) => {}
             Err(e) => return Err(e.into()),
         }
-        if let Some(retention) = config.history_retention {
+        if let Some(retention) = inner.config.history_retention {
             let before = inner.engine.now().await?.minus(retention);
             match store.prune_slot_history(before).await {
                 Ok(n) => report.history_pruned = n,
@@ -355,7 +375,7 @@ impl Cleanup {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(report)
+        Ok(())
     }
 
     async fn clean_space(
