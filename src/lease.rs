@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use seqlease_core::{
-    Command, CommitOutcome, Fence, InvalidInput, LeaseKey, LeaseRecord, OperationBody,
+    Command, CommitOutcome, Fence, InvalidInput, LateOutcome, LeaseKey, LeaseRecord, OperationBody,
     ReleaseOutcome, Reply, SpaceName, Timestamp, Token,
 };
 use tokio::time::Instant;
@@ -213,6 +213,16 @@ impl Lease {
         }
     }
 
+    /// Commit `body` although the lease ran out: the store re-sequences it at a fresh seq
+    /// with `RecoveryType::Late` metadata pointing at this slot (see [`crate::late`]).
+    /// Use it after [`Lease::commit`] failed with `Expired` or `Resolved`; a lease that is
+    /// still live is refused (`LateRefused`: commit it normally), and so is a stale fence.
+    /// If the operation is already committed (by recovery, say), the answer says where.
+    pub async fn commit_late(mut self, body: OperationBody) -> Result<LateOutcome> {
+        self.finished = true;
+        crate::late::commit_late(&self.engine, self.key(), body).await
+    }
+
     /// Walk away from the slot without releasing it, as a process that crashed or stalled
     /// would: the lease runs until its TTL and the cleanup service resolves the slot
     /// (recovering recorded work). For fault injection and for handing a slot to recovery
@@ -277,7 +287,7 @@ pub(crate) fn check_ttl(config: &EngineConfig, ttl: Duration) -> Result<Duration
     Ok(ttl)
 }
 
-fn check_payload(
+pub(crate) fn check_payload(
     config: &EngineConfig,
     what: &'static str,
     size: usize,

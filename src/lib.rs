@@ -44,6 +44,7 @@ mod engine;
 mod error;
 mod group_commit;
 mod keeper;
+pub mod late;
 mod lease;
 mod open;
 mod reader;
@@ -60,8 +61,9 @@ pub use space::{Grant, Space};
 
 pub use seqlease_core::{
     CommitOutcome, CommitStatus, Entry, EntryContent, Fence, Gap, GapReason, InvalidInput,
-    LeaseError, ManualClock, Operation, OperationBody, RecoveryInfo, RecoveryType, ReleaseOutcome,
-    SlotState, SpaceConfig, SpaceInfo, SpaceName, StoreError, SystemClock, TimeControl, Timestamp,
+    LateOutcome, LeaseError, ManualClock, Operation, OperationBody, RecoveryInfo, RecoveryType,
+    ReleaseOutcome, SlotState, SpaceConfig, SpaceInfo, SpaceName, StoreError, SystemClock,
+    TimeControl, Timestamp, Token,
 };
 
 /// The core crate: the `Store` trait, commands and types, for store authors and tests.

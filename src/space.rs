@@ -255,6 +255,24 @@ impl Space {
         Ok(self.engine.store().slot_history(&query).await?)
     }
 
+    /// Commit late work for slot `seq`, authenticated by the token of the lease that was
+    /// granted it (for example a result spooled locally during a partition, after the
+    /// [`Lease`] handle is gone). The store re-sequences it at a fresh seq; see
+    /// [`Lease::commit_late`] and [`crate::late`].
+    pub async fn commit_late(
+        &self,
+        seq: u64,
+        token: seqlease_core::Token,
+        body: seqlease_core::OperationBody,
+    ) -> Result<seqlease_core::LateOutcome> {
+        let key = seqlease_core::LeaseKey {
+            space: self.name.clone(),
+            seq,
+            token,
+        };
+        crate::late::commit_late(&self.engine, key, body).await
+    }
+
     /// A reader of the ordered log from `from` (1 for the beginning), waiting at the barrier.
     pub fn reader(&self, from: u64) -> LogReader {
         LogReader::new(self.clone(), from)

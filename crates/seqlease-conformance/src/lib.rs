@@ -7,6 +7,7 @@
 //! ([`model`]). Time is driven by the harness's [`TimeControl`], never by sleeping.
 
 pub mod harness;
+pub mod late;
 pub mod model;
 pub mod postgres;
 pub mod recovery;
@@ -80,6 +81,7 @@ macro_rules! recovery_suite {
             failing_resolver_goes_to_manual_queue,
             background_service_resolves_expired_slots,
             recovery_never_duplicates_a_committed_operation,
+            late_work_is_resequenced_never_duplicated,
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {

@@ -97,7 +97,9 @@ fn seen(r: &Result<Reply, LeaseError>) -> Seen {
         Ok(Reply::Recorded) => Seen::Recorded,
         Ok(Reply::Committed(o)) => Seen::Committed(o.seq, o.status),
         Ok(Reply::Released(o)) => Seen::Released(*o),
-        Ok(other @ (Reply::Resolved(_) | Reply::Parked(_) | Reply::Resource(_))) => {
+        Ok(
+            other @ (Reply::Resolved(_) | Reply::Parked(_) | Reply::Resource(_) | Reply::Late(_)),
+        ) => {
             panic!("execute never answers with a recovery reply: {other:?}")
         }
         Err(e) => match e {

@@ -20,6 +20,7 @@ use seqlease_core::{
 };
 
 use crate::harness::{Fixture, Harness};
+pub use crate::late::late_work_is_resequenced_never_duplicated;
 
 const TTL: Duration = Duration::from_secs(30);
 const SOON: Duration = Duration::from_secs(20);

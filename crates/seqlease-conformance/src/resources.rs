@@ -174,6 +174,21 @@ pub async fn paused_holder_is_fenced_off(h: &dyn Harness) {
         seqlease::SlotState::Leased,
         "nothing written for the stale commit"
     );
+    let zombie = slot
+        .commit_late(OperationBody::new("update", b"late".to_vec()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            zombie,
+            Error::Lease(LeaseError::StaleEpoch {
+                current: 2,
+                attempted: 1,
+                ..
+            })
+        ),
+        "late work carrying a stale fence is refused too (I9): {zombie}"
+    );
     let late = space
         .grant(Grant::new("op-2", "orders").fence("orders-0", 1))
         .await

@@ -137,6 +137,8 @@ pub enum Reply {
     Parked(crate::recovery::ParkedWork),
     /// A resource-lease operation succeeded.
     Resource(crate::resource::ResourceReply),
+    /// Late work landed (or was found already committed).
+    Late(crate::late::LateOutcome),
 }
 
 /// How a batch moved one space forward.

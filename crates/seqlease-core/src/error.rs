@@ -198,6 +198,16 @@ pub enum LeaseError {
         /// The epoch the write carried.
         attempted: u64,
     },
+    /// Late work was refused (see `crate::late`); nothing was written.
+    #[error("late work for {space}/{seq} refused: {reason}")]
+    LateRefused {
+        /// The space.
+        space: SpaceName,
+        /// The slot the lease was granted.
+        seq: u64,
+        /// Why, and what to do instead.
+        reason: &'static str,
+    },
 }
 
 /// The backend failed; the whole batch was rolled back and nothing was written.

@@ -11,6 +11,7 @@ pub mod columns;
 pub mod command;
 pub mod error;
 pub mod history;
+pub mod late;
 pub mod name;
 pub mod recovery;
 pub mod resource;
@@ -24,6 +25,7 @@ pub use command::{
 };
 pub use error::{InvalidInput, LeaseError, StoreError};
 pub use history::{HistoryQuery, SlotEvent, SlotEventKind};
+pub use late::{LateCommit, LateOutcome};
 pub use name::{SpaceName, validate_id, validate_name};
 pub use recovery::{
     ClaimKey, ClaimRequest, ExpiredSlot, ParkedAction, ParkedCommand, ParkedQuery, ParkedState,

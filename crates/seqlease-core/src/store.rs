@@ -51,6 +51,7 @@ use async_trait::async_trait;
 use crate::command::{BatchOutcome, Command, SpaceProgress};
 use crate::error::StoreError;
 use crate::history::{HistoryQuery, SlotEvent};
+use crate::late::LateCommit;
 use crate::name::SpaceName;
 use crate::recovery::{ClaimRequest, ExpiredSlot, ParkedCommand, ParkedQuery, ParkedWork, Resolve};
 use crate::resource::{ResourceCommand, ResourceEvent, ResourceLease, ResourceQuery};
@@ -227,6 +228,26 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Unsupported {
             backend: self.backend(),
             what: "recovery",
+        })
+    }
+
+    /// Commit late work (see `crate::late`) in one transaction, one reply per item
+    /// ([`Reply::Late`] or a [`LeaseError`]), in order.
+    ///
+    /// Per item: the slot must exist (`UnknownSlot`) and the token match (`WrongToken`);
+    /// then [`crate::late::plan_late`] decides with the slot's state, its lease's expiry and
+    /// fence, the fenced resource's current epoch and where the operation id is committed.
+    /// `Resequence`: a fresh seq `n = last_seq + 1` is allocated already COMMITTED (owner:
+    /// the lease's owner, its fence, `leased_at = expires_at = now`) with
+    /// `RecoveryInfo { original_seq: key.seq, original_operation_id, recovered_at: now,
+    /// recovery_type: Late }`, and a `Recovered` event by the lease's owner is recorded on
+    /// the original slot ("late work re-sequenced at seq n"). The original slot is not
+    /// touched.
+    async fn commit_late(&self, items: Vec<LateCommit>) -> Result<BatchOutcome, StoreError> {
+        let _ = items;
+        Err(StoreError::Unsupported {
+            backend: self.backend(),
+            what: "late commits",
         })
     }
 

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use seqlease_core::{
     BatchOutcome, BatchingHint, ClaimRequest, Clock, Command, Entry, ExpiredSlot, HistoryQuery,
-    LeaseError, ParkedAction, ParkedCommand, ParkedQuery, ParkedWork, Reply, Resolve,
+    LateCommit, LeaseError, ParkedAction, ParkedCommand, ParkedQuery, ParkedWork, Reply, Resolve,
     ResourceCommand, ResourceEvent, ResourceLease, ResourceQuery, SlotEvent, SlotEventKind,
     SlotView, SpaceConfig, SpaceInfo, SpaceName, Store, StoreError, SystemClock, Timestamp,
 };
@@ -282,6 +282,26 @@ impl Store for MemoryStore {
                 }
                 Ok(Reply::Parked(item.clone()))
             })();
+            outcome.replies.push(reply);
+        }
+        Ok(outcome)
+    }
+
+    async fn commit_late(&self, items: Vec<LateCommit>) -> Result<BatchOutcome, StoreError> {
+        let now = self.clock.now();
+        let mut outcome = BatchOutcome::default();
+        for item in items {
+            let reply = match self.space(&item.key.space) {
+                Some(space) => space.lock().commit_late(
+                    item,
+                    now,
+                    &|r| self.resources.lock().epoch(r),
+                    &mut outcome,
+                ),
+                None => Err(LeaseError::UnknownSpace {
+                    space: item.key.space.clone(),
+                }),
+            };
             outcome.replies.push(reply);
         }
         Ok(outcome)

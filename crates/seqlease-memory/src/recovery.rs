@@ -2,11 +2,12 @@
 //! parked work. The rules are the contract on `Store::claim_expired`, `Store::resolve` and
 //! `Store::settle_parked`, written out plainly.
 
+use seqlease_core::late::{LatePlan, LateSlot, plan_late};
 use seqlease_core::{
-    BatchOutcome, ClaimKey, ClaimRequest, EntryContent, ExpiredSlot, Gap, GapReason, LeaseError,
-    LeaseRecord, Operation, OperationBody, ParkedState, ParkedWork, Placement, RecoveryInfo,
-    RecoveryType, Reply, Resolution, Resolve, ResolveOutcome, SlotEventKind, SlotState, Timestamp,
-    Token,
+    BatchOutcome, ClaimKey, ClaimRequest, EntryContent, ExpiredSlot, Gap, GapReason, LateCommit,
+    LateOutcome, LeaseError, LeaseRecord, Operation, OperationBody, ParkedState, ParkedWork,
+    Placement, RecoveryInfo, RecoveryType, Reply, Resolution, Resolve, ResolveOutcome,
+    SlotEventKind, SlotState, Timestamp, Token,
 };
 
 use crate::space::{Claim, Slot, SpaceState};
@@ -220,6 +221,49 @@ impl SpaceState {
             self.watermark += 1;
         }
         n
+    }
+
+    /// Commit late work (see `seqlease_core::late`): decide with the shared planner, then
+    /// append the operation at a fresh seq; the original slot is left as it is.
+    pub(crate) fn commit_late(
+        &mut self,
+        item: LateCommit,
+        now: Timestamp,
+        epoch_of: &dyn Fn(&str) -> u64,
+        outcome: &mut BatchOutcome,
+    ) -> Result<Reply, LeaseError> {
+        let slot = self.slot_with_token(&item.key)?;
+        let lease = slot.lease.clone();
+        let facts = LateSlot {
+            state: slot.state,
+            expires_at: lease.expires_at,
+            fence: lease.fence.as_ref(),
+            current_epoch: lease.fence.as_ref().map_or(0, |f| epoch_of(&f.resource)),
+            committed_at: self.committed.get(&lease.operation_id).copied(),
+        };
+        if let LatePlan::Answer(answer) = plan_late(&item.key, facts, now)? {
+            return Ok(Reply::Late(answer));
+        }
+        let recovery = RecoveryInfo {
+            original_seq: lease.seq,
+            original_operation_id: lease.operation_id.clone(),
+            recovered_at: now,
+            recovery_type: RecoveryType::Late,
+        };
+        let seq = self.append_committed(&lease, item.body, recovery, now);
+        outcome.note_watermark(&self.name, self.watermark);
+        let detail = Some(format!("late work re-sequenced at seq {seq}"));
+        self.record(
+            lease.seq,
+            now,
+            SlotEventKind::Recovered,
+            &lease.owner,
+            detail,
+        );
+        Ok(Reply::Late(LateOutcome::Resequenced {
+            seq,
+            original_seq: lease.seq,
+        }))
     }
 
     /// Apply a recovery-queue action that needs this space (re-sequencing).

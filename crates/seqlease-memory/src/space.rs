@@ -272,7 +272,7 @@ impl SpaceState {
     }
 
     /// The slot if it exists and the token matches.
-    fn slot_with_token(&mut self, key: &LeaseKey) -> Result<&mut Slot, LeaseError> {
+    pub(crate) fn slot_with_token(&mut self, key: &LeaseKey) -> Result<&mut Slot, LeaseError> {
         let name = &self.name;
         let slot = self
             .slots

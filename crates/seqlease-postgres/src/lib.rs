@@ -65,7 +65,7 @@ use parking_lot::Mutex;
 use seqlease_core::time::duration_micros;
 use seqlease_core::{
     BatchOutcome, BatchingHint, ClaimRequest, Command, Entry, ExpiredSlot, HistoryQuery,
-    ParkedCommand, ParkedQuery, ParkedWork, ProgressListener, Resolve, ResourceCommand,
+    LateCommit, ParkedCommand, ParkedQuery, ParkedWork, ProgressListener, Resolve, ResourceCommand,
     ResourceEvent, ResourceLease, ResourceQuery, SlotEvent, SlotView, SpaceConfig, SpaceInfo,
     SpaceName, Store, StoreError, TimeControl, Timestamp,
 };
@@ -354,6 +354,10 @@ impl Store for PgStore {
         commands: Vec<ParkedCommand>,
     ) -> Result<BatchOutcome, StoreError> {
         recovery::settle_parked(&self.inner, commands).await
+    }
+
+    async fn commit_late(&self, items: Vec<LateCommit>) -> Result<BatchOutcome, StoreError> {
+        recovery::commit_late(&self.inner, items).await
     }
 
     fn checks_fences(&self) -> bool {

@@ -45,6 +45,9 @@ use crate::history::Events;
 use crate::read::{epoch_to_column, state, to_u32, to_u64};
 use crate::{CLOCK_SQL, Inner, NOW_SQL};
 
+mod late;
+pub(crate) use late::commit_late;
+
 /// A space row locked by a recovery transaction.
 pub(crate) struct LockedSpace {
     pub(crate) id: i64,

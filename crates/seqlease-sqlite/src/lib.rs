@@ -70,9 +70,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use seqlease_core::{
     BatchOutcome, BatchingHint, ClaimRequest, Clock, Command, Entry, ExpiredSlot, HistoryQuery,
-    ParkedCommand, ParkedQuery, ParkedWork, Resolve, ResourceCommand, ResourceEvent, ResourceLease,
-    ResourceQuery, SlotEvent, SlotView, SpaceConfig, SpaceInfo, SpaceName, Store, StoreError,
-    SystemClock, Timestamp,
+    LateCommit, ParkedCommand, ParkedQuery, ParkedWork, Resolve, ResourceCommand, ResourceEvent,
+    ResourceLease, ResourceQuery, SlotEvent, SlotView, SpaceConfig, SpaceInfo, SpaceName, Store,
+    StoreError, SystemClock, Timestamp,
 };
 use sqlx::sqlite::SqlitePool;
 
@@ -269,6 +269,17 @@ impl Store for SqliteStore {
         self.inner
             .writer
             .run(move |conn| recovery::settle_parked(conn, clock.now(), commands))
+            .await
+    }
+
+    async fn commit_late(&self, items: Vec<LateCommit>) -> Result<BatchOutcome, StoreError> {
+        if items.is_empty() {
+            return Ok(BatchOutcome::default());
+        }
+        let clock = self.inner.clock.clone();
+        self.inner
+            .writer
+            .run(move |conn| recovery::commit_late(conn, clock.now(), items))
             .await
     }
 

@@ -36,6 +36,9 @@ use crate::error::{BACKEND, WriteError, corrupt_value, map_sqlx};
 use crate::execute::sql::UPDATE_SPACE;
 use crate::history::record;
 
+mod late;
+pub(crate) use late::commit_late;
+
 fn space_name(stored: &str) -> Result<SpaceName, StoreError> {
     SpaceName::new(stored).map_err(|e| StoreError::Corrupt {
         backend: BACKEND,
