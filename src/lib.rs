@@ -47,6 +47,8 @@ mod keeper;
 mod lease;
 mod open;
 mod reader;
+#[cfg(test)]
+mod schedules;
 mod space;
 
 pub use config::EngineConfig;
