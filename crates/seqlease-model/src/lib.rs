@@ -49,9 +49,10 @@
 //! ## The bound checked by default
 //!
 //! [`Bound::DEFAULT`]: 3 workers (the last two fenced on one resource; workers 0 and 2
-//! share an operation id), 2 cleaners that may each crash once mid-recovery, at most 4
-//! slots, workers active up to t = 3, lease TTL 2, claim TTL 2, resource TTL 2, claims of
-//! up to 2 slots. `docs/verification.md` gives the number of states and the time.
+//! share an operation id), 2 cleaners with one fault between them (a crash or a stall
+//! mid-recovery), at most 4 slots, workers active up to t = 3, lease TTL 2, claim TTL 1,
+//! resource TTL 2, claims of up to 2 slots. The default `cargo test` checks it with at most
+//! 2 slots (7.5 million states); `docs/verification.md` gives the figures.
 //!
 //! ```
 //! use seqlease_model::{check, Bound, ProtocolModel};

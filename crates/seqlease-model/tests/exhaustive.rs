@@ -12,7 +12,7 @@ fn test_bound() -> Bound {
     match std::env::var("SEQLEASE_MODEL_BOUND").as_deref() {
         Ok("full") => Bound::DEFAULT,
         _ => Bound {
-            max_slots: 3,
+            max_slots: 2,
             max_time: 3,
             ..Bound::DEFAULT
         },
