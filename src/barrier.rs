@@ -7,10 +7,12 @@
 //! slow fallback re-read (`external_poll_interval`); stores that can notify across processes
 //! make that fallback rare.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use dashmap::DashMap;
 use seqlease_core::{SpaceName, SpaceProgress};
+use tokio::sync::futures::Notified;
 use tokio::sync::{Notify, watch};
 
 /// What the engine shares about one space between handles, readers and waiters.
@@ -33,6 +35,46 @@ impl SpaceSignals {
                 false
             }
         });
+    }
+}
+
+impl SpaceSignals {
+    /// Wait until the watermark reaches `seq`; returns it. Between wake-ups `fallback`
+    /// runs (the slow re-read of other processes' progress, and the deadline): its error
+    /// ends the wait.
+    ///
+    /// The receiver is subscribed *before* the watermark is read, so a raise that lands
+    /// between the read and the wait marks the receiver changed and is never missed.
+    pub(crate) async fn wait_watermark<E, Fut>(
+        &self,
+        seq: u64,
+        mut fallback: impl FnMut() -> Fut,
+    ) -> Result<u64, E>
+    where
+        Fut: Future<Output = Result<(), E>>,
+    {
+        let mut rx = self.watermark.subscribe();
+        loop {
+            let w = *rx.borrow_and_update();
+            if w >= seq {
+                return Ok(w);
+            }
+            tokio::select! {
+                biased;
+                // The sender lives in `self`: it cannot be dropped while we wait.
+                _ = rx.changed() => {}
+                r = fallback() => r?,
+            }
+        }
+    }
+
+    /// A wake-up for freed capacity, armed now: `notify_waiters` after this call wakes it
+    /// even if it is first awaited later. Arm it *before* trying to grant, so a slot freed
+    /// between the refusal and the wait is not missed.
+    pub(crate) fn freed_waiter(&self) -> Pin<Box<Notified<'_>>> {
+        let mut freed = Box::pin(self.freed.notified());
+        freed.as_mut().enable();
+        freed
     }
 }
 

@@ -48,6 +48,8 @@ pub mod late;
 mod lease;
 mod open;
 mod reader;
+#[cfg(test)]
+mod schedules;
 mod space;
 
 pub use config::EngineConfig;

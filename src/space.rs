@@ -109,9 +109,7 @@ impl Space {
         let deadline = Instant::now() + timeout;
         loop {
             // Register for the wake-up before trying, so a slot freed in between is not missed.
-            let freed = self.signals.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
+            let mut freed = self.signals.freed_waiter();
             match self.grant_once(request.clone()).await {
                 Err(Error::Lease(LeaseError::AtCapacity { .. })) => {}
                 other => return other,
@@ -223,12 +221,9 @@ impl Space {
     /// at most `timeout`. Returns the watermark.
     pub async fn wait_for(&self, seq: u64, timeout: Duration) -> Result<u64> {
         let deadline = Instant::now() + timeout;
-        let mut rx = self.signals.watermark.subscribe();
-        loop {
-            let w = *rx.borrow_and_update();
-            if w >= seq {
-                return Ok(w);
-            }
+        // Woken by in-process progress; between wake-ups, re-read the store now and then
+        // (other processes' progress) and give up at the deadline.
+        let fallback = || async move {
             if Instant::now() >= deadline {
                 return Err(Error::Timeout {
                     space: self.name.clone(),
@@ -237,11 +232,10 @@ impl Space {
                 });
             }
             let poll = Instant::now() + self.engine.config().external_poll_interval;
-            tokio::select! {
-                changed = rx.changed() => { changed.map_err(|_| Error::Closed)?; }
-                _ = tokio::time::sleep_until(poll.min(deadline)) => { self.info().await?; }
-            }
-        }
+            tokio::time::sleep_until(poll.min(deadline)).await;
+            self.info().await.map(drop)
+        };
+        self.signals.wait_watermark(seq, fallback).await
     }
 
     /// The lease history of slot `seq`: every transition, in time order.
