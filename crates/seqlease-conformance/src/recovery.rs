@@ -385,6 +385,60 @@ pub async fn cleaner_killed_between_claim_and_resolve(h: &dyn Harness) {
     assert_eq!(read_all(&s).await[0].operation().unwrap().body, body(1));
 }
 
+/// A cleaner restarted under the same fixed id resumes its dead incarnation's live claims
+/// instead of claiming past them: recovery stays in seq order (I8). Found by the protocol
+/// model (`seqlease-model`, `restarted_cleaner_reusing_its_id_recovers_in_order`).
+pub async fn restarted_cleaner_with_fixed_id_resumes_in_order(h: &dyn Harness) {
+    let (fx, engine, s) = setup(h, 100).await;
+    abandon_with_work(&s, 1..4).await; // seqs 1..=3
+    fx.advance(TTL);
+    let store = engine.store().clone();
+    let request = |limit| ClaimRequest {
+        space: s.name().clone(),
+        cleaner: "cleaner-a".into(),
+        ttl: Duration::from_secs(600),
+        limit,
+    };
+    let first_life = store.claim_expired(&request(1)).await.unwrap();
+    assert_eq!(first_life[0].lease.seq, 1);
+    // It crashed; it comes back under the same id while its claim on seq 1 is still live.
+    let second_life = store.claim_expired(&request(1)).await.unwrap();
+    assert_eq!(
+        second_life.iter().map(|x| x.lease.seq).collect::<Vec<_>>(),
+        vec![1],
+        "I8: the restarted cleaner takes its own slot 1 back before anything after it"
+    );
+    assert_ne!(
+        second_life[0].claim.token, first_life[0].claim.token,
+        "a fresh claim: the dead incarnation's token no longer resolves"
+    );
+    let stale = store
+        .resolve(vec![Resolve {
+            claim: first_life[0].claim.clone(),
+            resolution: Resolution::Gap {
+                detail: None,
+                park: false,
+            },
+        }])
+        .await
+        .unwrap();
+    assert!(
+        matches!(stale.replies[0], Err(LeaseError::ClaimLost { seq: 1, .. })),
+        "{:?}",
+        stale.replies[0]
+    );
+    let cleanup = engine
+        .cleanup()
+        .config(config("cleaner-a"))
+        .resolver("orders", IdsResolver)
+        .build()
+        .await
+        .unwrap();
+    let report = cleanup.run_once().await.unwrap();
+    assert_eq!((report.claimed, report.recovered_total()), (3, 3));
+    assert_eq!(s.wait_for(3, SOON).await.unwrap(), 3);
+}
+
 /// A commit racing its own expiry: exactly one of commit and recovery wins.
 pub async fn commit_racing_expiry_one_winner(h: &dyn Harness) {
     let (fx, engine, s) = setup(h, 1000).await;

@@ -36,8 +36,19 @@ impl SpaceState {
         if other_cleaner_busy {
             return Vec::new(); // one cleaner per space at a time keeps recovery ordered (I8)
         }
+        // Its own live claims too: a cleaner restarted under a fixed id picks up where its
+        // dead incarnation stopped instead of claiming past those slots (I8).
         let seqs: Vec<u64> = self
-            .claimable(now)
+            .leased
+            .iter()
+            .filter_map(|&seq| self.slots.get(seq))
+            .filter(|slot| {
+                let held_by_other = slot
+                    .claim
+                    .as_ref()
+                    .is_some_and(|c| c.expires_at > now && c.cleaner != req.cleaner);
+                slot.lease.expires_at <= now && !held_by_other
+            })
             .take(req.limit)
             .map(|s| s.lease.seq)
             .collect();

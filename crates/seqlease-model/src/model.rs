@@ -459,7 +459,11 @@ impl ProtocolModel {
         let mut claimable: Vec<Seq> = (1..=s.last_seq())
             .filter(|&q| {
                 let x = s.slot(q);
-                x.is_expired(now) && !x.claim.is_some_and(|k| k.expires_at > now)
+                // Its own live claims too (a restarted same-id cleaner resumes, I8).
+                x.is_expired(now)
+                    && !x
+                        .claim
+                        .is_some_and(|k| k.expires_at > now && k.cleaner != c)
             })
             .collect();
         if self.mutated_by(Mutation::CleanerSkipsOrder) {

@@ -188,7 +188,7 @@ pub(crate) async fn claim_expired(
          WHERE s.space_id = $1 AND s.seq = ANY(ARRAY(
            SELECT seq FROM slots
             WHERE space_id = $1 AND state = 0 AND expires_at <= $2
-              AND (claim_expires_at IS NULL OR claim_expires_at <= $2)
+              AND (claim_expires_at IS NULL OR claim_expires_at <= $2 OR claimed_by = $3)
             ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED))
          RETURNING s.seq, s.operation_id, s.projection_type, s.owner, s.fence_resource,
                    s.fence_epoch, s.leased_at, s.expires_at, s.renewals, s.partial,
