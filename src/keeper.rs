@@ -407,7 +407,7 @@ async fn renew_once(inner: &KeeperInner) -> Result<usize> {
         Err(e) => {
             // The store is unreachable: whatever passes its local deadline is lost.
             for (resource, h) in &held {
-                if Instant::now() >= h.local_deadline && inner.held.remove(resource).is_some() {
+                if Instant::now() >= h.local_deadline && remove_epoch(inner, resource, h.epoch) {
                     let reason = format!("could not renew before the local deadline: {e}");
                     let _ = inner.lost.send(LostLease {
                         resource: resource.clone(),
@@ -423,14 +423,18 @@ async fn renew_once(inner: &KeeperInner) -> Result<usize> {
         match reply {
             Ok(_) => {
                 let margin = inner.engine.config().safety_margin(h.ttl);
-                if let Some(mut entry) = inner.held.get_mut(&resource) {
+                // Only the epoch we renewed: the resource may have been released and
+                // acquired again while the renewal was in flight.
+                if let Some(mut entry) = inner.held.get_mut(&resource)
+                    && entry.epoch == h.epoch
+                {
                     entry.local_deadline = requested_at + h.ttl - margin;
                     entry.renewed_at = requested_at;
                 }
             }
             Err(e) => {
                 tracing::warn!(%resource, epoch = h.epoch, agent = %inner.agent, error = %e, "resource lease lost");
-                if inner.held.remove(&resource).is_some() {
+                if remove_epoch(inner, &resource, h.epoch) {
                     let _ = inner.lost.send(LostLease {
                         resource,
                         epoch: h.epoch,
@@ -441,6 +445,14 @@ async fn renew_once(inner: &KeeperInner) -> Result<usize> {
         }
     }
     Ok(inner.held.len())
+}
+
+/// Forget `resource` if it is still held at `epoch`; a newer acquisition stays.
+fn remove_epoch(inner: &KeeperInner, resource: &str, epoch: u64) -> bool {
+    inner
+        .held
+        .remove_if(resource, |_, held| held.epoch == epoch)
+        .is_some()
 }
 
 async fn renew_loop(inner: std::sync::Weak<KeeperInner>, mut stopped: watch::Receiver<bool>) {
