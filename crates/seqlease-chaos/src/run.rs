@@ -51,7 +51,7 @@ pub struct RunArgs {
     /// Seconds of faults per store.
     #[arg(long, default_value_t = 60)]
     pub duration: u64,
-    /// The long run: 600 s per store unless --duration says otherwise.
+    /// The long run: 300 s per store unless --duration says otherwise.
     #[arg(long)]
     pub long: bool,
     /// Worker processes at a time.
@@ -90,7 +90,7 @@ impl RunArgs {
     fn duration(&self) -> Duration {
         let default = RunArgs::default_duration();
         let secs = if self.long && self.duration == default {
-            600
+            300
         } else {
             self.duration
         };
@@ -425,14 +425,26 @@ async fn run_store(
                 workers[i] = o.spawn('p', index, generation)?;
             }
             "sigstop" => {
-                let i = rng.random_range(0..workers.len());
-                let name = workers[i].name();
-                let agent_prefix = format!("{name}w");
-                let held: Vec<String> = engine
+                // Prefer a process that holds a resource now: its zombie has a fence to meet.
+                let leases = engine
                     .store()
                     .resource_leases(&ResourceQuery::Active)
                     .await
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                let holding: Vec<usize> = (0..workers.len())
+                    .filter(|&i| {
+                        let prefix = format!("{}w", workers[i].name());
+                        leases.iter().any(|l| l.holder.starts_with(&prefix))
+                    })
+                    .collect();
+                let i = if holding.is_empty() {
+                    rng.random_range(0..workers.len())
+                } else {
+                    holding[rng.random_range(0..holding.len())]
+                };
+                let name = workers[i].name();
+                let agent_prefix = format!("{name}w");
+                let held: Vec<String> = leases
                     .into_iter()
                     .filter(|l| l.holder.starts_with(&agent_prefix))
                     .map(|l| l.resource)

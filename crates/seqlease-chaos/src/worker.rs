@@ -288,7 +288,7 @@ async fn plain(
     if rng.random_bool(0.3) {
         record(ctx, w, &mut lease).await?;
     }
-    work(rng, 1..15).await;
+    work(rng, 2..20).await;
     if let Committed::Acked(seq, None) = commit(ctx, w, &mut lease, None).await? {
         committed.push((op.to_string(), seq));
     }
