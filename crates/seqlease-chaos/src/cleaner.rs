@@ -40,9 +40,11 @@ pub async fn run(args: CleanerArgs) -> Result<(), ChaosError> {
         maintenance_interval: Duration::from_secs(1),
         ..CleanupConfig::default()
     };
-    let cleanup = store::with_retry("starting the cleanup service", Duration::from_secs(60), || {
-        engine.cleanup().config(config.clone()).build()
-    })
+    let cleanup = store::with_retry(
+        "starting the cleanup service",
+        Duration::from_secs(60),
+        || engine.cleanup().config(config.clone()).build(),
+    )
     .await?;
     let handle = cleanup.start();
     wait_for_stop().await;
@@ -51,8 +53,7 @@ pub async fn run(args: CleanerArgs) -> Result<(), ChaosError> {
 }
 
 async fn wait_for_stop() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");

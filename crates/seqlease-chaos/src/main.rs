@@ -8,7 +8,10 @@ use clap::{Parser, Subcommand};
 use seqlease_chaos::{check, cleaner, run, summary, worker};
 
 #[derive(Parser)]
-#[command(name = "seqlease-chaos", about = "Fault injection for seqlease: kill, pause, cut off and restart, then check every guarantee")]
+#[command(
+    name = "seqlease-chaos",
+    about = "Fault injection for seqlease: kill, pause, cut off and restart, then check every guarantee"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -51,9 +54,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Cmd::Run(args) => run::run(args).await.map(|s| {
-                s.iter().all(|s| s.violations.is_empty())
-            }),
+            Cmd::Run(args) => run::run(args)
+                .await
+                .map(|s| s.iter().all(|s| s.violations.is_empty())),
             Cmd::Worker(args) => worker::run(args).await.map(|()| true),
             Cmd::Cleaner(args) => cleaner::run(args).await.map(|()| true),
             Cmd::Check { dir } => check::check(&dir).await.map(|s| {

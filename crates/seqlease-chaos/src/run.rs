@@ -227,7 +227,10 @@ impl Orchestra<'_> {
             cmd.arg("cleaner").args(["--db", &self.db, "--id", &name]);
         }
         let child = cmd
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or("warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or("warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -518,14 +521,13 @@ async fn run_store(
 
     // The workers stop by themselves at the end time.
     println!("seqlease-chaos: fault phase over; waiting for the workers to finish");
-    let left = Duration::from_millis(
-        (o.until_ms - now_micros() / 1000).max(0) as u64,
-    );
+    let left = Duration::from_millis((o.until_ms - now_micros() / 1000).max(0) as u64);
     for p in &mut workers {
         let name = p.name();
         if !wait_child(&mut p.child, left + Duration::from_secs(60)).await {
-            o.notes
-                .push(format!("worker {name} did not stop at the end time; killed"));
+            o.notes.push(format!(
+                "worker {name} did not stop at the end time; killed"
+            ));
         } else if let Ok(Some(status)) = p.child.try_wait()
             && !status.success()
         {
@@ -565,7 +567,11 @@ struct Finished {
     cluster: Option<Arc<Cluster>>,
 }
 
-async fn take_over(keeper: &seqlease::LeaseKeeper, held: &[String], resource_ttl_ms: u64) -> Vec<(String, u64)> {
+async fn take_over(
+    keeper: &seqlease::LeaseKeeper,
+    held: &[String],
+    resource_ttl_ms: u64,
+) -> Vec<(String, u64)> {
     // Wait until the paused holder's resource leases have run out, then take them.
     tokio::time::sleep(Duration::from_millis(resource_ttl_ms + 300)).await;
     let mut taken = Vec::new();

@@ -50,7 +50,11 @@ pub async fn open_once(db: &str) -> Result<Arc<dyn Store>, StoreError> {
 
 /// Retry `attempt` with backoff (100 ms doubling to 2 s) for at most `patience`, logging
 /// each failure under `what`.
-pub async fn with_retry<T, E, F, Fut>(what: &str, patience: Duration, mut attempt: F) -> Result<T, E>
+pub async fn with_retry<T, E, F, Fut>(
+    what: &str,
+    patience: Duration,
+    mut attempt: F,
+) -> Result<T, E>
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,

@@ -89,9 +89,12 @@ fn ms(v: Option<f64>) -> String {
     v.map_or("–".into(), |v| format!("{:.0} ms", v))
 }
 
+/// How one row of the table shows a summary.
+type Row = Box<dyn Fn(&Summary) -> String>;
+
 /// A Markdown table, one column per store.
 pub fn table(summaries: &[Summary]) -> String {
-    let rows: Vec<(&str, Box<dyn Fn(&Summary) -> String>)> = vec![
+    let rows: Vec<(&str, Row)> = vec![
         (
             "processes × workers, duration",
             Box::new(|s| format!("{} × {}, {} s", s.processes, s.workers, s.duration_s)),
@@ -117,7 +120,10 @@ pub fn table(summaries: &[Summary]) -> String {
             "duplicate commits answered with the existing seq",
             Box::new(|s| s.duplicates_acknowledged.to_string()),
         ),
-        ("acknowledged commits lost", Box::new(|s| s.lost.to_string())),
+        (
+            "acknowledged commits lost",
+            Box::new(|s| s.lost.to_string()),
+        ),
         (
             "operations committed twice",
             Box::new(|s| s.duplicated.to_string()),
@@ -200,6 +206,8 @@ mod tests {
         assert_eq!(s.resolution_percentile(50.0), Some(200.0));
         assert_eq!(s.resolution_percentile(100.0), Some(300.0));
         assert_eq!(Summary::default().resolution_percentile(50.0), None);
-        assert!(table(&[s]).contains("| resolution time p50 / p99 / max | 200 ms / 300 ms / 300 ms |"));
+        assert!(
+            table(&[s]).contains("| resolution time p50 / p99 / max | 200 ms / 300 ms / 300 ms |")
+        );
     }
 }
