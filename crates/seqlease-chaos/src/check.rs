@@ -23,6 +23,13 @@
 //! of its slots in flight was resolved (I10), from the entries' `resolved_at` (the store's
 //! clock; PostgreSQL's and the processes' clocks are the same machine's).
 //!
+//! The fence check compares the commit's `resolved_at` with the time the next epoch was
+//! acquired (audit history). Both stores read a batch's clock once the batch holds its locks
+//! (PostgreSQL: the rows it touches; SQLite: the file's write lock), so the stamps follow the
+//! order in which the transactions ran and no skew is allowed. (This harness found the
+//! SQLite store reading it *before* waiting for the write lock; a batch of a process paused
+//! or queued there was stamped seconds early.)
+//!
 //! Tolerance: the I8 check allows 250 ms between a lower slot's expiry and the higher
 //! slot's claim, because on PostgreSQL a dead-owner probe may set `expires_at` in a
 //! transaction that commits while a claim's snapshot is already taken.
@@ -284,8 +291,13 @@ pub async fn check(dir: &Path) -> Result<Summary, ChaosError> {
         {
             s.stale_writes_accepted += 1;
             s.violations.push(format!(
-                "I9: entry {} committed at {} under {}@{}, after epoch {} was acquired at {}",
+                "I9: entry {} committed{} at {} under {}@{}, after epoch {} was acquired at {}",
                 e.seq,
+                if op.recovery.is_some() {
+                    " by recovery"
+                } else {
+                    ""
+                },
                 e.resolved_at.as_micros(),
                 fence.resource,
                 fence.epoch,

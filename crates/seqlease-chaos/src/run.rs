@@ -81,6 +81,10 @@ pub struct RunArgs {
     /// Mean pause between faults, ms.
     #[arg(long, default_value_t = 3000)]
     pub fault_every_ms: u64,
+    /// Workers also record results under fenced leases, so recovery meets fenced work
+    /// whose epoch has moved on (off by default: see docs/fault-injection.md, Limits).
+    #[arg(long)]
+    pub fenced_results: bool,
     /// Also write the summary table (Markdown) to this file.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -223,6 +227,9 @@ impl Orchestra<'_> {
                 .args(["--resource-ttl-ms", &self.args.resource_ttl_ms.to_string()])
                 .args(["--shards", &self.args.processes.max(2).to_string()])
                 .args(["--until-ms", &self.until_ms.to_string()]);
+            if self.args.fenced_results {
+                cmd.arg("--fenced-results");
+            }
         } else {
             cmd.arg("cleaner").args(["--db", &self.db, "--id", &name]);
         }

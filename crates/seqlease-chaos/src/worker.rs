@@ -60,6 +60,9 @@ pub struct WorkerArgs {
     /// Shared resources (`shard-0` …) the tasks compete for.
     #[arg(long, default_value_t = 3)]
     pub shards: u32,
+    /// Also record results under fenced leases (exercises recovery of fenced work).
+    #[arg(long)]
+    pub fenced_results: bool,
     /// Stop at this wall-clock time (ms since the Unix epoch).
     #[arg(long)]
     pub until_ms: i64,
@@ -331,6 +334,9 @@ async fn fenced(
         let Some(mut lease) = grant(ctx, w, g).await? else {
             break;
         };
+        if ctx.args.fenced_results && rng.random_bool(0.5) {
+            record(ctx, w, &mut lease).await?;
+        }
         work(rng, 10..60).await;
         match commit(ctx, w, &mut lease, Some((&resource, epoch))).await? {
             Committed::Acked(seq, None) => committed.push((op, seq)),
