@@ -461,7 +461,15 @@ async fn run_store(
                     .collect();
                 signal(&workers[i].child, "STOP")?;
                 let stopped = Instant::now();
-                let taken = take_over(&takeover, &held, args.resource_ttl_ms).await;
+                // Bounded: a process paused inside a store transaction holds its row locks
+                // (PostgreSQL) or the write lock (SQLite), and the takeover waits on them.
+                // The process must be continued whatever happens here.
+                let taken = tokio::time::timeout(
+                    args.pause().saturating_sub(Duration::from_millis(100)),
+                    take_over(&takeover, &held, args.resource_ttl_ms),
+                )
+                .await
+                .unwrap_or_else(|_| vec![("blocked by the paused process's locks".into(), 0)]);
                 tokio::time::sleep(args.pause().saturating_sub(stopped.elapsed())).await;
                 signal(&workers[i].child, "CONT")?;
                 o.fault(
