@@ -17,6 +17,10 @@
 //! - a detached watchdog stops the cluster (`pg_ctl stop -m immediate`) and removes the
 //!   directory as soon as the test process exits, however it exits.
 //!
+//! [`Cluster`] is that cluster on its own, for a harness that must restart or stop the server
+//! it tests against (the fault-injection harness, `seqlease-chaos`): [`Cluster::start`],
+//! [`Cluster::restart`] (`pg_ctl restart -m fast | immediate`), [`Cluster::stop`].
+//!
 //! On a machine without PostgreSQL binaries the first call panics with what to install
 //! (`apt-get install -y postgresql`). This module only spawns processes and builds URLs: it
 //! needs no database driver.

@@ -384,6 +384,63 @@ pub async fn cleaner_killed_between_claim_and_resolve(h: &dyn Harness) {
     assert_eq!(read_all(&s).await[0].operation().unwrap().body, body(1));
 }
 
+/// A cleaner whose resolve failed (its claims still live) claims those slots again before
+/// any higher one, so it never resolves past them (I8); the old claim tokens are dead.
+pub async fn cleaner_reclaims_its_own_unresolved_claims_first(h: &dyn Harness) {
+    let (fx, engine, s) = setup(h, 100).await;
+    for i in 0..4 {
+        s.grant(Grant::new(format!("op-{i}"), "orders").ttl(TTL))
+            .await
+            .unwrap()
+            .abandon();
+    }
+    fx.advance(TTL);
+    let store = engine.store().clone();
+    let claim = |limit| ClaimRequest {
+        space: s.name().clone(),
+        cleaner: "flaky".into(),
+        ttl: Duration::from_secs(30),
+        limit,
+    };
+    let first = store.claim_expired(&claim(2)).await.unwrap();
+    assert_eq!(
+        first.iter().map(|c| c.lease.seq).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    // Its resolve never happened (the connection dropped): the next cycle starts over at 1.
+    let again = store.claim_expired(&claim(10)).await.unwrap();
+    assert_eq!(
+        again.iter().map(|c| c.lease.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4],
+        "own live claims are claimed again, lowest seq first"
+    );
+    // Another cleaner still may not claim while one holds live claims in the space.
+    let other = ClaimRequest {
+        cleaner: "other".into(),
+        ..claim(10)
+    };
+    assert!(store.claim_expired(&other).await.unwrap().is_empty());
+    let gap = |c: &ExpiredSlot| Resolve {
+        claim: c.claim.clone(),
+        resolution: Resolution::Gap {
+            detail: None,
+            park: false,
+        },
+    };
+    let stale = store.resolve(vec![gap(&first[0])]).await.unwrap();
+    assert!(
+        matches!(stale.replies[0], Err(LeaseError::ClaimLost { seq: 1, .. })),
+        "{:?}",
+        stale.replies[0]
+    );
+    let done = store
+        .resolve(again.iter().map(gap).collect())
+        .await
+        .unwrap();
+    assert!(done.replies.iter().all(|r| r.is_ok()), "{:?}", done.replies);
+    assert_eq!(s.info().await.unwrap().watermark, 4);
+}
+
 /// A commit racing its own expiry: exactly one of commit and recovery wins.
 pub async fn commit_racing_expiry_one_winner(h: &dyn Harness) {
     let (fx, engine, s) = setup(h, 1000).await;

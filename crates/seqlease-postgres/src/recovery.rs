@@ -179,7 +179,7 @@ pub(crate) async fn claim_expired(
         "WITH c AS (
            SELECT seq FROM slots
             WHERE space_id = $1 AND state = 0 AND expires_at <= $2
-              AND (claim_expires_at IS NULL OR claim_expires_at <= $2)
+              AND (claim_expires_at IS NULL OR claim_expires_at <= $2 OR claimed_by = $3)
             ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED)
          UPDATE slots s SET claim_token = uuid_send(gen_random_uuid()), claimed_by = $3,
                 claim_expires_at = $5, attempts = s.attempts + 1

@@ -82,7 +82,7 @@ const CLAIM: &str = "UPDATE slots SET claim_token = randomblob(16), claimed_by =
      claim_expires_at = ?4, attempts = attempts + 1 \
      WHERE space_id = ?1 AND seq IN (SELECT seq FROM slots INDEXED BY slots_leased \
          WHERE space_id = ?1 AND state = 0 AND expires_at <= ?2 \
-           AND (claim_expires_at IS NULL OR claim_expires_at <= ?2) \
+           AND (claim_expires_at IS NULL OR claim_expires_at <= ?2 OR claimed_by = ?3) \
          ORDER BY seq LIMIT ?5) \
      RETURNING seq, operation_id, projection_type, owner, fence_resource, fence_epoch, \
          leased_at, expires_at, renewals, partial, result_kind, result_payload, \
