@@ -75,7 +75,7 @@ macro_rules! recovery_suite {
             chain_recovers_at_new_seq,
             racing_cleaners_resolve_each_slot_once,
             cleaner_killed_between_claim_and_resolve,
-            restarted_cleaner_with_fixed_id_resumes_in_order,
+            cleaner_reclaims_its_own_unresolved_claims_first,
             commit_racing_expiry_one_winner,
             cascade_of_ten_thousand,
             policy_switches_without_losing_work,

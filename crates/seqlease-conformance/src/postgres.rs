@@ -17,6 +17,10 @@
 //! - a detached watchdog stops the cluster (`pg_ctl stop -m immediate`) and removes the
 //!   directory as soon as the test process exits, however it exits.
 //!
+//! [`Cluster`] is that cluster on its own, for a harness that must restart or stop the server
+//! it tests against (the fault-injection harness, `seqlease-chaos`): [`Cluster::start`],
+//! [`Cluster::restart`] (`pg_ctl restart -m fast | immediate`), [`Cluster::stop`].
+//!
 //! On a machine without PostgreSQL binaries the first call panics with what to install
 //! (`apt-get install -y postgresql`). This module only spawns processes and builds URLs: it
 //! needs no database driver.
@@ -159,93 +163,194 @@ fn free_port() -> Result<u16, String> {
 }
 
 fn start_cluster() -> Result<Server, String> {
-    let bin = find_bin_dir().ok_or(
-        "PostgreSQL server binaries (initdb, pg_ctl) not found under PG_BIN, /usr/lib/postgresql/*/bin or PATH: \
-         install them (Debian/Ubuntu: apt-get install -y postgresql) or set DATABASE_URL to a server for the tests",
-    )?;
-    let root = is_root();
-    let dir = std::env::temp_dir().join(unique_name("seqlease-pg"));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    if root {
-        let status = Command::new("chown")
-            .args(["-R", "postgres:"])
-            .arg(&dir)
-            .status()
-            .map_err(|e| format!("chown: {e}"))?;
-        if !status.success() {
-            return Err(format!(
-                "running as root, but cannot give {} to the postgres user (does it exist?)",
-                dir.display()
-            ));
+    Cluster::start().map(|cluster| cluster.server())
+}
+
+/// How [`Cluster::restart`] stops the server before starting it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMode {
+    /// `-m fast`: sessions are terminated, the server shuts down cleanly (a checkpoint).
+    Fast,
+    /// `-m immediate`: the server stops at once, as in a crash; it runs crash recovery
+    /// from the WAL when it starts again.
+    Immediate,
+}
+
+impl StopMode {
+    fn arg(self) -> &'static str {
+        match self {
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
         }
     }
-    // The watchdog first, so the directory goes away even if a later step fails.
-    spawn_watchdog(&bin, &dir, root);
-    let data = dir.join("data");
-    let out = as_owner(&bin.join("initdb"), root)
-        .arg("-D")
-        .arg(&data)
-        .args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--no-instructions",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("initdb could not run: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "initdb failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let hba = format!(
-        "local all all trust\n\
-         host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n\
-         host all all 127.0.0.1/32 trust\n"
-    );
-    std::fs::write(data.join("pg_hba.conf"), hba).map_err(|e| format!("pg_hba.conf: {e}"))?;
-    let tls = make_certificate(&data, root);
-    let mut last_error = String::new();
-    for _ in 0..5 {
-        let port = free_port()?;
-        let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=on \
-             -c shared_buffers=128MB -c password_encryption=scram-sha-256 -c ssl={}",
-            dir.display(),
-            if tls { "on" } else { "off" }
-        );
-        let out = as_owner(&bin.join("pg_ctl"), root)
+}
+
+/// A throwaway cluster this process started: its own data directory under the system's
+/// temporary directory, a free port of 127.0.0.1, and a detached watchdog that stops it and
+/// removes the directory once this process exits. The shared test server of [`server`] is
+/// one of these; a fault-injection harness starts its own so that it may restart it
+/// ([`Cluster::restart`]) without disturbing anyone else's server.
+#[derive(Debug)]
+pub struct Cluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    root: bool,
+    port: u16,
+    tls: bool,
+}
+
+impl Cluster {
+    /// `initdb` and start a fresh cluster (see the module docs for its settings). Fails
+    /// with what to install when the PostgreSQL server binaries are missing.
+    pub fn start() -> Result<Cluster, String> {
+        let bin = find_bin_dir().ok_or(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found under PG_BIN, /usr/lib/postgresql/*/bin or PATH: \
+             install them (Debian/Ubuntu: apt-get install -y postgresql) or set DATABASE_URL to a server for the tests",
+        )?;
+        let root = is_root();
+        let dir = std::env::temp_dir().join(unique_name("seqlease-pg"));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        if root {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:"])
+                .arg(&dir)
+                .status()
+                .map_err(|e| format!("chown: {e}"))?;
+            if !status.success() {
+                return Err(format!(
+                    "running as root, but cannot give {} to the postgres user (does it exist?)",
+                    dir.display()
+                ));
+            }
+        }
+        // The watchdog first, so the directory goes away even if a later step fails.
+        spawn_watchdog(&bin, &dir, root);
+        let data = dir.join("data");
+        let out = as_owner(&bin.join("initdb"), root)
             .arg("-D")
             .arg(&data)
-            .arg("-l")
-            .arg(dir.join("server.log"))
-            .args(["-o", &opts, "-w", "-t", "60", "start"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ])
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| format!("pg_ctl could not run: {e}"))?;
-        if out.status.success() && wait_ready(port) {
-            return Ok(Server {
-                url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-                host: "127.0.0.1".into(),
-                port,
-                throwaway: true,
-                tls,
-            });
+            .map_err(|e| format!("initdb could not run: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "initdb failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
-        last_error = format!(
-            "{}{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+        let hba = format!(
+            "local all all trust\n\
+             host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n\
+             host all all 127.0.0.1/32 trust\n"
         );
+        std::fs::write(data.join("pg_hba.conf"), hba).map_err(|e| format!("pg_hba.conf: {e}"))?;
+        let tls = make_certificate(&data, root);
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let port = free_port()?;
+            let opts = format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=on \
+                 -c shared_buffers=128MB -c password_encryption=scram-sha-256 -c ssl={}",
+                dir.display(),
+                if tls { "on" } else { "off" }
+            );
+            let cluster = Cluster {
+                bin: bin.clone(),
+                dir: dir.clone(),
+                root,
+                port,
+                tls,
+            };
+            let out = cluster
+                .pg_ctl()
+                .arg("-l")
+                .arg(dir.join("server.log"))
+                .args(["-o", &opts, "-w", "-t", "60", "start"])
+                .output()
+                .map_err(|e| format!("pg_ctl could not run: {e}"))?;
+            if out.status.success() && wait_ready(port) {
+                return Ok(cluster);
+            }
+            last_error = format!(
+                "{}{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+            );
+        }
+        Err(format!(
+            "the throwaway PostgreSQL cluster did not start: {last_error}"
+        ))
     }
-    Err(format!(
-        "the throwaway PostgreSQL cluster did not start: {last_error}"
-    ))
+
+    /// `pg_ctl -D <data>` as the cluster's owner.
+    fn pg_ctl(&self) -> Command {
+        let mut c = as_owner(&self.bin.join("pg_ctl"), self.root);
+        c.arg("-D").arg(self.dir.join("data")).stdin(Stdio::null());
+        c
+    }
+
+    /// `postgres://…` of a superuser connection to the `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stop the server (every session is cut) and start it again on the same port with the
+    /// same settings (`pg_ctl restart`, which reuses the options of the last start). Returns
+    /// once it accepts connections again.
+    pub fn restart(&self, mode: StopMode) -> Result<(), String> {
+        let out = self
+            .pg_ctl()
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(["-m", mode.arg(), "-w", "-t", "60", "restart"])
+            .output()
+            .map_err(|e| format!("pg_ctl could not run: {e}"))?;
+        if out.status.success() && wait_ready(self.port) {
+            return Ok(());
+        }
+        Err(format!(
+            "pg_ctl restart -m {} failed: {}{}",
+            mode.arg(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+
+    /// Stop the server now (`-m immediate`); the watchdog removes the directory when this
+    /// process exits.
+    pub fn stop(&self) {
+        let _ = self
+            .pg_ctl()
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    fn server(self) -> Server {
+        Server {
+            url: self.url(),
+            host: "127.0.0.1".into(),
+            port: self.port,
+            throwaway: true,
+            tls: self.tls,
+        }
+    }
 }
 
 /// A self-signed certificate for the cluster (`server.crt`/`server.key` in the data

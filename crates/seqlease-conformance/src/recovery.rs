@@ -385,58 +385,61 @@ pub async fn cleaner_killed_between_claim_and_resolve(h: &dyn Harness) {
     assert_eq!(read_all(&s).await[0].operation().unwrap().body, body(1));
 }
 
-/// A cleaner restarted under the same fixed id resumes its dead incarnation's live claims
-/// instead of claiming past them: recovery stays in seq order (I8). Found by the protocol
-/// model (`seqlease-model`, `restarted_cleaner_reusing_its_id_recovers_in_order`).
-pub async fn restarted_cleaner_with_fixed_id_resumes_in_order(h: &dyn Harness) {
+/// A cleaner whose resolve failed (its claims still live) claims those slots again before
+/// any higher one, so it never resolves past them (I8); the old claim tokens are dead.
+pub async fn cleaner_reclaims_its_own_unresolved_claims_first(h: &dyn Harness) {
     let (fx, engine, s) = setup(h, 100).await;
-    abandon_with_work(&s, 1..4).await; // seqs 1..=3
+    for i in 0..4 {
+        s.grant(Grant::new(format!("op-{i}"), "orders").ttl(TTL))
+            .await
+            .unwrap()
+            .abandon();
+    }
     fx.advance(TTL);
     let store = engine.store().clone();
-    let request = |limit| ClaimRequest {
+    let claim = |limit| ClaimRequest {
         space: s.name().clone(),
-        cleaner: "cleaner-a".into(),
-        ttl: Duration::from_secs(600),
+        cleaner: "flaky".into(),
+        ttl: Duration::from_secs(30),
         limit,
     };
-    let first_life = store.claim_expired(&request(1)).await.unwrap();
-    assert_eq!(first_life[0].lease.seq, 1);
-    // It crashed; it comes back under the same id while its claim on seq 1 is still live.
-    let second_life = store.claim_expired(&request(1)).await.unwrap();
+    let first = store.claim_expired(&claim(2)).await.unwrap();
     assert_eq!(
-        second_life.iter().map(|x| x.lease.seq).collect::<Vec<_>>(),
-        vec![1],
-        "I8: the restarted cleaner takes its own slot 1 back before anything after it"
+        first.iter().map(|c| c.lease.seq).collect::<Vec<_>>(),
+        [1, 2]
     );
-    assert_ne!(
-        second_life[0].claim.token, first_life[0].claim.token,
-        "a fresh claim: the dead incarnation's token no longer resolves"
+    // Its resolve never happened (the connection dropped): the next cycle starts over at 1.
+    let again = store.claim_expired(&claim(10)).await.unwrap();
+    assert_eq!(
+        again.iter().map(|c| c.lease.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4],
+        "own live claims are claimed again, lowest seq first"
     );
-    let stale = store
-        .resolve(vec![Resolve {
-            claim: first_life[0].claim.clone(),
-            resolution: Resolution::Gap {
-                detail: None,
-                park: false,
-            },
-        }])
-        .await
-        .unwrap();
+    // Another cleaner still may not claim while one holds live claims in the space.
+    let other = ClaimRequest {
+        cleaner: "other".into(),
+        ..claim(10)
+    };
+    assert!(store.claim_expired(&other).await.unwrap().is_empty());
+    let gap = |c: &ExpiredSlot| Resolve {
+        claim: c.claim.clone(),
+        resolution: Resolution::Gap {
+            detail: None,
+            park: false,
+        },
+    };
+    let stale = store.resolve(vec![gap(&first[0])]).await.unwrap();
     assert!(
         matches!(stale.replies[0], Err(LeaseError::ClaimLost { seq: 1, .. })),
         "{:?}",
         stale.replies[0]
     );
-    let cleanup = engine
-        .cleanup()
-        .config(config("cleaner-a"))
-        .resolver("orders", IdsResolver)
-        .build()
+    let done = store
+        .resolve(again.iter().map(gap).collect())
         .await
         .unwrap();
-    let report = cleanup.run_once().await.unwrap();
-    assert_eq!((report.claimed, report.recovered_total()), (3, 3));
-    assert_eq!(s.wait_for(3, SOON).await.unwrap(), 3);
+    assert!(done.replies.iter().all(|r| r.is_ok()), "{:?}", done.replies);
+    assert_eq!(s.info().await.unwrap().watermark, 4);
 }
 
 /// A commit racing its own expiry: exactly one of commit and recovery wins.

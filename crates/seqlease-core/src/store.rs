@@ -171,8 +171,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Claim up to `limit` expired slots of the space, lowest seq first, unless another
     /// cleaner holds a live claim in the space (then: none). A slot is claimable when it is
-    /// LEASED, `expires_at <= now` and it has no live claim. Each claimed slot gets a fresh
-    /// claim token, `claim_expires_at = now + ttl`, and its attempt count goes up by one.
+    /// LEASED, `expires_at <= now` and it has no live claim of *another* cleaner: the
+    /// requesting cleaner's own live claims (a resolve that failed, say on a dropped
+    /// connection) are claimed again, so it never resolves past them (I8). Each claimed slot
+    /// gets a fresh claim token, `claim_expires_at = now + ttl`, and its attempt count goes
+    /// up by one.
     async fn claim_expired(&self, request: &ClaimRequest) -> Result<Vec<ExpiredSlot>, StoreError> {
         let _ = request;
         Err(StoreError::Unsupported {

@@ -13,17 +13,25 @@ use seqlease_core::{
 use crate::space::{Claim, Slot, SpaceState};
 
 impl SpaceState {
-    /// LEASED slots past their expiry with no live claim.
-    fn claimable(&self, now: Timestamp) -> impl Iterator<Item = &Slot> {
+    /// LEASED slots past their expiry with no live claim, except claims of `cleaner`
+    /// (`Some`): a cleaner claims its own unresolved claims again, lowest seq first (I8).
+    fn claimable<'a>(
+        &'a self,
+        now: Timestamp,
+        cleaner: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Slot> {
         self.leased.iter().filter_map(move |&seq| {
             let slot = self.slots.get(seq)?;
-            let live_claim = slot.claim.as_ref().is_some_and(|c| c.expires_at > now);
+            let live_claim = slot
+                .claim
+                .as_ref()
+                .is_some_and(|c| c.expires_at > now && Some(c.cleaner.as_str()) != cleaner);
             (slot.lease.expires_at <= now && !live_claim).then_some(slot)
         })
     }
 
     pub(crate) fn expired_backlog(&self, now: Timestamp) -> u64 {
-        self.claimable(now).count() as u64
+        self.claimable(now, None).count() as u64
     }
 
     pub(crate) fn claim(&mut self, req: &ClaimRequest, now: Timestamp) -> Vec<ExpiredSlot> {
@@ -39,16 +47,7 @@ impl SpaceState {
         // Its own live claims too: a cleaner restarted under a fixed id picks up where its
         // dead incarnation stopped instead of claiming past those slots (I8).
         let seqs: Vec<u64> = self
-            .leased
-            .iter()
-            .filter_map(|&seq| self.slots.get(seq))
-            .filter(|slot| {
-                let held_by_other = slot
-                    .claim
-                    .as_ref()
-                    .is_some_and(|c| c.expires_at > now && c.cleaner != req.cleaner);
-                slot.lease.expires_at <= now && !held_by_other
-            })
+            .claimable(now, Some(&req.cleaner))
             .take(req.limit)
             .map(|s| s.lease.seq)
             .collect();

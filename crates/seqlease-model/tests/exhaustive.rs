@@ -136,7 +136,7 @@ fn every_mutation_has_a_test() {
 /// fixed `CleanupConfig::cleaner` id used to be "itself" to the store, so its dead
 /// incarnation's live claims did not block it, yet it could not claim them either, and it
 /// resolved the slots *after* them first (an I8 violation). A cleaner now re-claims its own
-/// live claims; the store conformance test `restarted_cleaner_with_fixed_id_resumes_in_order`
+/// live claims; the store conformance test `cleaner_reclaims_its_own_unresolved_claims_first`
 /// holds every store to the same rule.
 #[test]
 fn restarted_cleaner_reusing_its_id_recovers_in_order() {

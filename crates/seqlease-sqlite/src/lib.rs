@@ -210,11 +210,12 @@ impl Store for SqliteStore {
             return Ok(BatchOutcome::default());
         }
         let clock = self.inner.clock.clone();
-        // The clock is read once per batch, on the write thread when the batch's turn has
-        // come: a batch that waited behind others judges expiry at the time it runs.
+        // The clock is read once per batch, on the write thread once the batch holds the
+        // database's write lock: a batch that waited behind others (in this process or
+        // another) judges expiry at the time it runs.
         self.inner
             .writer
-            .run(move |conn| execute::execute(conn, clock.now(), commands))
+            .run(move |conn| execute::execute(conn, &*clock, commands))
             .await
     }
 
@@ -239,7 +240,7 @@ impl Store for SqliteStore {
         let (request, clock) = (request.clone(), self.inner.clock.clone());
         self.inner
             .writer
-            .run(move |conn| recovery::claim_expired(conn, clock.now(), &request))
+            .run(move |conn| recovery::claim_expired(conn, &*clock, &request))
             .await
     }
 
@@ -250,7 +251,7 @@ impl Store for SqliteStore {
         let clock = self.inner.clock.clone();
         self.inner
             .writer
-            .run(move |conn| recovery::resolve(conn, clock.now(), items))
+            .run(move |conn| recovery::resolve(conn, &*clock, items))
             .await
     }
 
@@ -268,7 +269,7 @@ impl Store for SqliteStore {
         let clock = self.inner.clock.clone();
         self.inner
             .writer
-            .run(move |conn| recovery::settle_parked(conn, clock.now(), commands))
+            .run(move |conn| recovery::settle_parked(conn, &*clock, commands))
             .await
     }
 
@@ -294,7 +295,7 @@ impl Store for SqliteStore {
         let clock = self.inner.clock.clone();
         self.inner
             .writer
-            .run(move |conn| resources::resources(conn, clock.now(), commands))
+            .run(move |conn| resources::resources(conn, &*clock, commands))
             .await
     }
 

@@ -94,7 +94,7 @@ const CLAIM: &str = "UPDATE slots SET claim_token = randomblob(16), claimed_by =
 /// Claim up to `limit` expired slots of a space; see the module docs.
 pub(crate) fn claim_expired(
     conn: &mut Connection,
-    now: Timestamp,
+    clock: &dyn seqlease_core::Clock,
     req: &ClaimRequest,
 ) -> Result<Vec<ExpiredSlot>, WriteError> {
     let limit = i64::try_from(req.limit).unwrap_or(i64::MAX);
@@ -102,6 +102,7 @@ pub(crate) fn claim_expired(
         return Ok(Vec::new());
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = clock.now(); // under the write lock (see `execute`)
     let space_id: Option<i64> = tx
         .prepare_cached("SELECT id FROM spaces WHERE name = ?1")?
         .query_row([req.space.as_str()], |r| r.get(0))
@@ -372,10 +373,11 @@ fn append_committed(
 /// Resolve claimed slots in one transaction, in order; see the module docs.
 pub(crate) fn resolve(
     conn: &mut Connection,
-    now: Timestamp,
+    clock: &dyn seqlease_core::Clock,
     items: Vec<Resolve>,
 ) -> Result<BatchOutcome, WriteError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = clock.now(); // under the write lock (see `execute`)
     let mut outcome = BatchOutcome::default();
     outcome.replies.reserve(items.len());
     let mut spaces = Spaces::default();
@@ -726,10 +728,11 @@ pub(crate) async fn parked(
 /// Apply actions to recovery-queue items in one transaction, in order.
 pub(crate) fn settle_parked(
     conn: &mut Connection,
-    now: Timestamp,
+    clock: &dyn seqlease_core::Clock,
     commands: Vec<ParkedCommand>,
 ) -> Result<BatchOutcome, WriteError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = clock.now(); // under the write lock (see `execute`)
     let mut outcome = BatchOutcome::default();
     outcome.replies.reserve(commands.len());
     let mut spaces = Spaces::default();

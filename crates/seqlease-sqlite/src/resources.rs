@@ -121,10 +121,11 @@ fn audit(
 /// Apply resource commands in one transaction, in order; one reply per command.
 pub(crate) fn resources(
     conn: &mut Connection,
-    now: Timestamp,
+    clock: &dyn seqlease_core::Clock,
     commands: Vec<ResourceCommand>,
 ) -> Result<BatchOutcome, WriteError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = clock.now(); // under the write lock (see `execute`)
     let mut replies = Vec::with_capacity(commands.len());
     for command in commands {
         replies.push(apply(&tx, command, now)?.map(Reply::Resource));

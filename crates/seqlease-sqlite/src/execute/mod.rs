@@ -49,11 +49,14 @@ use plan::Plan;
 /// Apply `commands` in one transaction on the write connection; see the module docs.
 pub(crate) fn execute(
     writer: &mut Connection,
-    now: Timestamp,
+    clock: &dyn seqlease_core::Clock,
     commands: Vec<Command>,
 ) -> Result<BatchOutcome, WriteError> {
     // Dropped without commit (any error below), the transaction rolls back.
     let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Read under the write lock: a batch that waited for another process's transaction
+    // judges expiry, and stamps what it writes, at the time it runs.
+    let now = clock.now();
     let mut plan = load(&tx, now, &commands)?;
     for command in commands {
         plan.apply(command);
