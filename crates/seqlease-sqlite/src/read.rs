@@ -46,6 +46,16 @@ pub(crate) async fn read(
     .fetch_all(readers)
     .await
     .map_err(map_sqlx)?;
+    // Seqs are contiguous: a read that does not start where it was asked either is caught
+    // up (no rows) or ran into pruned entries; only then is the prune record consulted.
+    let first: Option<i64> = rows
+        .first()
+        .map(|r| r.try_get(0))
+        .transpose()
+        .map_err(map_sqlx)?;
+    if first != Some(from.max(1)) {
+        crate::consumers::check_read(readers, space, from.max(1).cast_unsigned()).await?;
+    }
     rows.iter().map(|row| entry(space, row)).collect()
 }
 
