@@ -89,3 +89,7 @@ pub use seqlease_sqlite::{SqliteOptions, SqliteStore};
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+#[doc = include_str!("../docs/consumers.md")]
+#[cfg(doctest)]
+pub struct ConsumersDoctests;
