@@ -121,6 +121,7 @@ pub struct SqliteStore {
 struct Inner {
     writer: writer::Writer,
     readers: SqlitePool,
+    bulk: Arc<read::BulkReaders>,
     clock: Arc<dyn Clock>,
     path: PathBuf,
 }
@@ -147,6 +148,7 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 writer: pools.writer,
                 readers: pools.readers,
+                bulk: Arc::new(read::BulkReaders::new(path, opts.busy_timeout)),
                 clock: opts.clock,
                 path: path.to_path_buf(),
             }),
@@ -227,6 +229,7 @@ impl SqliteStore {
     /// store (or its clones) fail with [`StoreError::Unavailable`].
     pub async fn close(&self) {
         self.inner.writer.close().await;
+        self.inner.bulk.close();
         self.inner.readers.close().await;
     }
 }
@@ -289,7 +292,7 @@ impl Store for SqliteStore {
         from: u64,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        read::read(&self.inner.readers, space, from, limit).await
+        read::read(&self.inner.readers, &self.inner.bulk, space, from, limit).await
     }
 
     async fn slot(&self, space: &SpaceName, seq: u64) -> Result<Option<SlotView>, StoreError> {
