@@ -156,10 +156,7 @@ pub async fn consumer(args: ConsumerArgs) -> anyhow::Result<std::process::ExitCo
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-async fn existing(
-    space: &seqlease::Space,
-    name: &str,
-) -> anyhow::Result<seqlease::ConsumerState> {
+async fn existing(space: &seqlease::Space, name: &str) -> anyhow::Result<seqlease::ConsumerState> {
     space
         .engine()
         .store()
