@@ -106,6 +106,11 @@ impl Engine {
         self.inner.store.list_spaces().await
     }
 
+    /// Every consumer of every space, with checkpoints and lag (watermark − checkpoint).
+    pub async fn consumers(&self) -> Result<Vec<seqlease_core::ConsumerState>, StoreError> {
+        self.inner.store.list_consumers(None).await
+    }
+
     /// Configure the cleanup service for this engine's store.
     pub fn cleanup(&self) -> crate::cleanup::CleanupBuilder {
         crate::cleanup::CleanupBuilder::new(self.clone())

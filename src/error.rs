@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use seqlease_core::SpaceName;
-pub use seqlease_core::{InvalidInput, LeaseError, StoreError};
+pub use seqlease_core::{ConsumerError, InvalidInput, LeaseError, StoreError};
 use thiserror::Error;
 
 /// Errors returned by the engine.
@@ -22,6 +22,10 @@ pub enum Error {
     /// The store failed; the batch was rolled back.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A consumer or retention request was refused (checkpoint conflict, prune held back by
+    /// a consumer, an apply that failed, …); nothing was written.
+    #[error(transparent)]
+    Consumer(ConsumerError),
     /// A wait ran out of time.
     #[error(
         "timed out after {waited:?} waiting for {what} in space {space}; the store may be overloaded or a slot stuck: check `seqlease status`"
@@ -67,6 +71,17 @@ impl Error {
             Error::Timeout { .. } | Error::AcquireTimeout { .. } => true,
             Error::Lease(LeaseError::AtCapacity { .. }) => true,
             _ => false,
+        }
+    }
+}
+
+impl From<ConsumerError> for Error {
+    /// Store failures and bad input keep their own variants, whichever call reported them.
+    fn from(e: ConsumerError) -> Self {
+        match e {
+            ConsumerError::Store(e) => Error::Store(e),
+            ConsumerError::Invalid(e) => Error::Invalid(e),
+            other => Error::Consumer(other),
         }
     }
 }

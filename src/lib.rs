@@ -31,7 +31,8 @@
 //! ```
 //!
 //! The pieces: [`Engine`] (one per store), [`Space`] (one ordered log), [`Lease`] (one slot),
-//! [`LogReader`] (the ordered log). Stores: in-memory, SQLite (the embedded default) and
+//! [`LogReader`] (the ordered log), [`Consumer`] (a named reader with a stored checkpoint:
+//! at-least-once or exactly-once apply, replay, retention). Stores: in-memory, SQLite (the embedded default) and
 //! PostgreSQL (many processes on many machines); see the
 //! `Store` trait in [`core`] to write another.
 
@@ -40,6 +41,7 @@
 mod barrier;
 pub mod cleanup;
 mod config;
+pub mod consumer;
 mod engine;
 mod error;
 mod group_commit;
@@ -53,6 +55,7 @@ mod schedules;
 mod space;
 
 pub use config::EngineConfig;
+pub use consumer::{Batch, Consumer, ConsumerBuilder, RebuildProgress};
 pub use engine::{Engine, EngineBuilder, EngineStats};
 pub use error::{Error, Result};
 pub use keeper::{Acquire, LeaseKeeper, LostLease};
@@ -67,14 +70,22 @@ pub use seqlease_core::{
     ReleaseOutcome, SlotState, SpaceConfig, SpaceInfo, SpaceName, StoreError, SystemClock,
     TimeControl, Timestamp, Token,
 };
+pub use seqlease_core::{ConsumerError, ConsumerState, RetentionEvent, RetentionEventKind};
 
 /// The core crate: the `Store` trait, commands and types, for store authors and tests.
 pub use seqlease_core as core;
 /// The in-memory store.
 pub use seqlease_memory::MemoryStore;
+/// The sqlx version of the PostgreSQL store (exactly-once applies get a `sqlx::PgConnection`).
+#[cfg(feature = "postgres")]
+pub use seqlease_postgres::sqlx;
 /// The PostgreSQL store.
 #[cfg(feature = "postgres")]
 pub use seqlease_postgres::{PgClock, PgOptions, PgStore};
+/// The rusqlite version of the SQLite store (exactly-once applies get a
+/// `rusqlite::Transaction`).
+#[cfg(feature = "sqlite")]
+pub use seqlease_sqlite::rusqlite;
 /// The SQLite store.
 #[cfg(feature = "sqlite")]
 pub use seqlease_sqlite::{SqliteOptions, SqliteStore};
@@ -82,3 +93,7 @@ pub use seqlease_sqlite::{SqliteOptions, SqliteStore};
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+#[doc = include_str!("../docs/consumers.md")]
+#[cfg(doctest)]
+pub struct ConsumersDoctests;

@@ -267,6 +267,31 @@ impl Space {
         crate::late::commit_late(&self.engine, key, body).await
     }
 
+    /// Configure consumer `name` of this space (see [`crate::consumer`]); `open()` it.
+    pub fn consumer(&self, name: &str) -> crate::consumer::ConsumerBuilder {
+        crate::consumer::ConsumerBuilder::new(self.clone(), name)
+    }
+
+    /// This space's consumers with their checkpoints and lag, ordered by name.
+    pub async fn consumers(&self) -> Result<Vec<seqlease_core::ConsumerState>> {
+        Ok(self.engine.store().list_consumers(Some(&self.name)).await?)
+    }
+
+    /// Prune entries `1..below` (explicit, operator-requested, audited with `actor`):
+    /// refused above the watermark and above the checkpoint of any retaining consumer.
+    pub async fn prune(&self, below: u64, actor: &str) -> Result<seqlease_core::RetentionEvent> {
+        Ok(self
+            .engine
+            .store()
+            .prune_entries(&self.name, below, actor)
+            .await?)
+    }
+
+    /// The audited prunes, consumer resets and removals of this space, oldest first.
+    pub async fn retention_history(&self) -> Result<Vec<seqlease_core::RetentionEvent>> {
+        Ok(self.engine.store().retention_history(&self.name).await?)
+    }
+
     /// A reader of the ordered log from `from` (1 for the beginning), waiting at the barrier.
     pub fn reader(&self, from: u64) -> LogReader {
         LogReader::new(self.clone(), from)

@@ -59,3 +59,8 @@ mod history {
     use super::*;
     seqlease_conformance::history_suite!(Memory { group_commit: None });
 }
+
+mod consumers {
+    use super::*;
+    seqlease_conformance::consumer_suite!(Memory { group_commit: None });
+}

@@ -76,3 +76,8 @@ mod history {
     use super::*;
     seqlease_conformance::history_suite!(Postgres { group_commit: None });
 }
+
+mod consumers {
+    use super::*;
+    seqlease_conformance::consumer_suite!(Postgres { group_commit: None });
+}

@@ -63,3 +63,8 @@ mod resources {
     use super::*;
     seqlease_conformance::resource_suite!(Sqlite);
 }
+
+mod consumers {
+    use super::*;
+    seqlease_conformance::consumer_suite!(Sqlite);
+}

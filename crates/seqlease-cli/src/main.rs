@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_recovery;
+mod consumers;
 mod demo;
 mod progress;
 mod recovery;
@@ -33,6 +34,15 @@ enum Command {
     Recovery(recovery::Args),
     /// Run the cleanup service (expired leases become recovered work or gaps).
     Cleanup(recovery::CleanupArgs),
+    /// List consumers: checkpoint, watermark, lag, whether they hold back retention.
+    Consumers(consumers::ListArgs),
+    /// Act on one consumer: reset its checkpoint (replay), remove it. Audited.
+    Consumer(consumers::ConsumerArgs),
+    /// Delete entries below a seq (retention). Refused above the watermark or above a
+    /// retaining consumer's checkpoint; audited with the actor.
+    Prune(consumers::PruneArgs),
+    /// Replay speed: a consumer rebuilds from seq 1 into a no-op apply (median of runs).
+    BenchReplay(consumers::BenchReplayArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -62,6 +72,10 @@ fn main() -> std::process::ExitCode {
             Command::Status(args) => status::run(args).await,
             Command::Recovery(args) => recovery::run(args).await,
             Command::Cleanup(args) => recovery::cleanup(args).await,
+            Command::Consumers(args) => consumers::list(args).await,
+            Command::Consumer(args) => consumers::consumer(args).await,
+            Command::Prune(args) => consumers::prune(args).await,
+            Command::BenchReplay(args) => consumers::bench_replay(args).await,
         }
     });
     match result {

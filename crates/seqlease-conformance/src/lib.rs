@@ -6,6 +6,7 @@
 //! tasks) and with random operation sequences held against a reference model
 //! ([`model`]). Time is driven by the harness's [`TimeControl`], never by sleeping.
 
+pub mod consumer;
 pub mod harness;
 pub mod late;
 pub mod model;
@@ -137,5 +138,30 @@ macro_rules! history_suite {
             let harness = $harness;
             $crate::recovery::lease_history_records_every_transition(&harness).await;
         }
+    };
+}
+
+/// Expand to one test per consumer check (checkpoints, restart, redelivery, retention,
+/// deterministic replay), each on a fresh store from `$harness`. For stores that implement
+/// the consumer methods of the `Store` trait and recovery.
+#[macro_export]
+macro_rules! consumer_suite {
+    ($harness:expr) => {
+        $crate::consumer_suite!(@each $harness;
+            checkpoint_is_compare_and_swap,
+            consumer_restarts_from_checkpoint,
+            at_least_once_redelivers_after_a_crash,
+            prune_respects_retaining_consumers,
+            replay_is_deterministic,
+        );
+    };
+    (@each $harness:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let harness = $harness;
+                $crate::consumer::$name(&harness).await;
+            }
+        )*
     };
 }

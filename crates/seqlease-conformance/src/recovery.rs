@@ -30,7 +30,7 @@ fn body(n: impl std::fmt::Display) -> OperationBody {
 }
 
 /// Builds an operation from partial work `{"ids":[…]}` by turning it into an update.
-struct IdsResolver;
+pub(crate) struct IdsResolver;
 
 #[async_trait]
 impl PartialWorkResolver for IdsResolver {
@@ -53,7 +53,7 @@ impl PartialWorkResolver for FailingResolver {
 /// The service as the checks run it. The load level must not depend on how fast the
 /// machine happens to be (a loaded CI box makes store calls slow): latency marks are out of
 /// reach here, so only the backlog, which each check controls, moves the level.
-fn config(cleaner: &str) -> CleanupConfig {
+pub(crate) fn config(cleaner: &str) -> CleanupConfig {
     CleanupConfig {
         cleaner: cleaner.into(),
         interval: Duration::from_millis(5),
@@ -85,7 +85,7 @@ async fn setup(h: &dyn Harness, capacity: u32) -> (Fixture, Engine, Space) {
 
 /// Grant one lease per `i` and abandon it with work recorded, as crashed workers leave them:
 /// partial work for even `i`, a completed result for odd `i`.
-async fn abandon_with_work(s: &Space, range: std::ops::Range<u64>) {
+pub(crate) async fn abandon_with_work(s: &Space, range: std::ops::Range<u64>) {
     for i in range {
         let mut l = s
             .grant(Grant::new(format!("op-{i}"), "orders").ttl(TTL))

@@ -269,6 +269,21 @@ pub enum StoreError {
         /// The capability ("recovery", …).
         what: &'static str,
     },
+    /// The entries asked for were pruned by an operator (see `Store::prune_entries`).
+    #[error(
+        "entries 1..={through} of space {space} were pruned by {actor} at {at}; read from {next} or later (reset the consumer to checkpoint {through} or later)",
+        next = through + 1
+    )]
+    Pruned {
+        /// The space.
+        space: SpaceName,
+        /// The last pruned seq.
+        through: u64,
+        /// Who pruned them.
+        actor: String,
+        /// When (store clock).
+        at: Timestamp,
+    },
     /// Any other backend failure.
     #[error("{backend} store error: {detail}")]
     Backend {

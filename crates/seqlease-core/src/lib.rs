@@ -9,6 +9,7 @@
 
 pub mod columns;
 pub mod command;
+pub mod consumer;
 pub mod error;
 pub mod history;
 pub mod late;
@@ -22,6 +23,9 @@ pub mod types;
 pub use command::{
     BatchOutcome, Command, CommitOutcome, CommitStatus, LeaseKey, ReleaseOutcome, Reply,
     SpaceProgress,
+};
+pub use consumer::{
+    ConsumerError, ConsumerState, RetentionEvent, RetentionEventKind, validate_consumer,
 };
 pub use error::{InvalidInput, LeaseError, StoreError};
 pub use history::{HistoryQuery, SlotEvent, SlotEventKind};

@@ -45,10 +45,19 @@
 //! [`BatchOutcome::progress`] for every space in which a slot left LEASED.
 //!
 //! A [`StoreError`] means the transaction was rolled back: nothing of the batch was written.
+//!
+//! **Consumers and retention** (see [`crate::consumer`]). A consumer row holds a checkpoint
+//! per `(space, name)`. Saving a checkpoint is a compare-and-swap checked by
+//! [`crate::consumer::check_save`] against the stored checkpoint and the watermark, read in
+//! the same transaction; a reset is checked by [`crate::consumer::check_reset`]; a prune by
+//! [`crate::consumer::check_prune`] against the watermark and every retaining consumer, all
+//! in one transaction with the deletion. Reads starting at or below the last pruned seq fail
+//! with [`StoreError::Pruned`].
 
 use async_trait::async_trait;
 
 use crate::command::{BatchOutcome, Command, SpaceProgress};
+use crate::consumer::{ConsumerError, ConsumerState, RetentionEvent};
 use crate::error::StoreError;
 use crate::history::{HistoryQuery, SlotEvent};
 use crate::late::LateCommit;
@@ -340,4 +349,77 @@ pub trait Store: Send + Sync + 'static {
             what: "resource leases",
         })
     }
+
+    // ---- consumers and retention (see `crate::consumer`) ----
+
+    /// Create consumer `name` of `space` (checkpoint 0) if it does not exist, and set its
+    /// `retain` flag. Returns its state. [`ConsumerError::UnknownSpace`] if the space does
+    /// not exist.
+    async fn register_consumer(
+        &self,
+        space: &SpaceName,
+        name: &str,
+        retain: bool,
+    ) -> Result<ConsumerState, ConsumerError>;
+
+    /// A consumer's state, `None` if it does not exist.
+    async fn consumer(
+        &self,
+        space: &SpaceName,
+        name: &str,
+    ) -> Result<Option<ConsumerState>, StoreError>;
+
+    /// Move the checkpoint of a consumer from `expected` to `seq` (compare-and-swap): refused
+    /// unless the stored checkpoint is `expected`, `seq >= expected` and `seq <= watermark`
+    /// ([`crate::consumer::check_save`]).
+    async fn save_checkpoint(
+        &self,
+        space: &SpaceName,
+        name: &str,
+        expected: u64,
+        seq: u64,
+    ) -> Result<ConsumerState, ConsumerError>;
+
+    /// Set a consumer's checkpoint to `to` (0 replays everything), whatever it was; refused
+    /// above the watermark or below the last pruned seq. Audited as
+    /// [`RetentionEventKind::ConsumerReset`](crate::RetentionEventKind) with `actor`.
+    async fn reset_consumer(
+        &self,
+        space: &SpaceName,
+        name: &str,
+        to: u64,
+        actor: &str,
+    ) -> Result<ConsumerState, ConsumerError>;
+
+    /// Remove a consumer (it stops holding back retention). Audited with `actor`.
+    async fn remove_consumer(
+        &self,
+        space: &SpaceName,
+        name: &str,
+        actor: &str,
+    ) -> Result<ConsumerState, ConsumerError>;
+
+    /// The consumers of `space` (all spaces when `None`), ordered by space and name, each
+    /// with the space's watermark (for the lag).
+    async fn list_consumers(
+        &self,
+        space: Option<&SpaceName>,
+    ) -> Result<Vec<ConsumerState>, StoreError>;
+
+    /// Delete entries `1..below` of `space`, at most up to the watermark and to the lowest
+    /// checkpoint of the retaining consumers ([`crate::consumer::check_prune`]), with their
+    /// recorded lease history, in one transaction, and audit it with `actor`. Pruning below
+    /// an earlier prune deletes nothing but is audited all the same. Returns the audit record.
+    /// After a prune, operation ids of pruned entries are no longer checked for duplicates
+    /// (I6 covers the retained log).
+    async fn prune_entries(
+        &self,
+        space: &SpaceName,
+        below: u64,
+        actor: &str,
+    ) -> Result<RetentionEvent, ConsumerError>;
+
+    /// The audited retention actions of `space` (prunes, resets, removals), oldest first.
+    async fn retention_history(&self, space: &SpaceName)
+    -> Result<Vec<RetentionEvent>, StoreError>;
 }

@@ -29,7 +29,7 @@ impl SpaceState {
     pub(crate) fn history(&self, query: &HistoryQuery) -> Vec<SlotEvent> {
         let seqs: Box<dyn Iterator<Item = u64>> = match query.seq {
             Some(seq) => Box::new(std::iter::once(seq)),
-            None => Box::new(query.from_seq.max(1)..=self.slots.len()),
+            None => Box::new(query.from_seq.max(self.slots.floor() + 1)..=self.slots.len()),
         };
         let mut out = Vec::new();
         for seq in seqs {

@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+mod consumers;
 mod history;
 mod recovery;
 mod resources;
@@ -26,6 +27,7 @@ use seqlease_core::{
     ResourceCommand, ResourceEvent, ResourceLease, ResourceQuery, SlotEvent, SlotEventKind,
     SlotView, SpaceConfig, SpaceInfo, SpaceName, Store, StoreError, SystemClock, Timestamp,
 };
+use seqlease_core::{ConsumerError, ConsumerState, RetentionEvent, validate_consumer};
 
 use space::SpaceState;
 
@@ -58,6 +60,18 @@ impl MemoryStore {
 
     fn space(&self, name: &SpaceName) -> Option<Arc<Mutex<SpaceState>>> {
         self.spaces.read().get(name).cloned()
+    }
+
+    /// The space for a consumer call, with the consumer name validated.
+    fn consumer_space(
+        &self,
+        name: &SpaceName,
+        consumer: &str,
+    ) -> Result<Arc<Mutex<SpaceState>>, ConsumerError> {
+        validate_consumer(consumer)?;
+        self.space(name).ok_or_else(|| ConsumerError::UnknownSpace {
+            space: name.clone(),
+        })
     }
 }
 
@@ -148,10 +162,12 @@ impl Store for MemoryStore {
         from: u64,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        Ok(self
-            .space(name)
-            .map(|s| s.lock().read(from, limit))
-            .unwrap_or_default())
+        let Some(space) = self.space(name) else {
+            return Ok(Vec::new());
+        };
+        let space = space.lock();
+        space.check_read(from.max(1))?;
+        Ok(space.read(from, limit))
     }
 
     async fn slot(&self, name: &SpaceName, seq: u64) -> Result<Option<SlotView>, StoreError> {
@@ -353,5 +369,102 @@ impl Store for MemoryStore {
     async fn prune_slot_history(&self, before: Timestamp) -> Result<u64, StoreError> {
         let spaces: Vec<_> = self.spaces.read().values().cloned().collect();
         Ok(spaces.iter().map(|s| s.lock().prune_history(before)).sum())
+    }
+
+    async fn register_consumer(
+        &self,
+        space: &SpaceName,
+        name: &str,
+        retain: bool,
+    ) -> Result<ConsumerState, ConsumerError> {
+        let s = self.consumer_space(space, name)?;
+        let now = self.clock.now();
+        Ok(s.lock().register_consumer(name, retain, now))
+    }
+
+    async fn consumer(
+        &self,
+        space: &SpaceName,
+        name: &str,
+    ) -> Result<Option<ConsumerState>, StoreError> {
+        Ok(self.space(space).and_then(|s| s.lock().consumer(name)))
+    }
+
+    async fn save_checkpoint(
+        &self,
+        space: &SpaceName,
+        name: &str,
+        expected: u64,
+        seq: u64,
+    ) -> Result<ConsumerState, ConsumerError> {
+        let s = self.consumer_space(space, name)?;
+        let now = self.clock.now();
+        s.lock().save_checkpoint(name, expected, seq, now)
+    }
+
+    async fn reset_consumer(
+        &self,
+        space: &SpaceName,
+        name: &str,
+        to: u64,
+        actor: &str,
+    ) -> Result<ConsumerState, ConsumerError> {
+        seqlease_core::validate_id("actor", actor)?;
+        let s = self.consumer_space(space, name)?;
+        let now = self.clock.now();
+        s.lock().reset_consumer(name, to, actor, now)
+    }
+
+    async fn remove_consumer(
+        &self,
+        space: &SpaceName,
+        name: &str,
+        actor: &str,
+    ) -> Result<ConsumerState, ConsumerError> {
+        seqlease_core::validate_id("actor", actor)?;
+        let s = self.consumer_space(space, name)?;
+        let now = self.clock.now();
+        s.lock().remove_consumer(name, actor, now)
+    }
+
+    async fn list_consumers(
+        &self,
+        space: Option<&SpaceName>,
+    ) -> Result<Vec<ConsumerState>, StoreError> {
+        let mut spaces: Vec<_> = match space {
+            Some(name) => self.space(name).into_iter().collect(),
+            None => self.spaces.read().values().cloned().collect(),
+        };
+        spaces.sort_by(|a, b| a.lock().name.cmp(&b.lock().name));
+        Ok(spaces
+            .iter()
+            .flat_map(|s| s.lock().list_consumers())
+            .collect())
+    }
+
+    async fn prune_entries(
+        &self,
+        space: &SpaceName,
+        below: u64,
+        actor: &str,
+    ) -> Result<RetentionEvent, ConsumerError> {
+        seqlease_core::validate_id("actor", actor)?;
+        let s = self
+            .space(space)
+            .ok_or_else(|| ConsumerError::UnknownSpace {
+                space: space.clone(),
+            })?;
+        let now = self.clock.now();
+        s.lock().prune(below, actor, now)
+    }
+
+    async fn retention_history(
+        &self,
+        space: &SpaceName,
+    ) -> Result<Vec<RetentionEvent>, StoreError> {
+        Ok(self
+            .space(space)
+            .map(|s| s.lock().retention.clone())
+            .unwrap_or_default())
     }
 }

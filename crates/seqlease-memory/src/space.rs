@@ -44,6 +44,10 @@ pub(crate) struct SpaceState {
     pub(crate) committed: foldhash::HashMap<String, u64>,
     /// Recorded history events per seq (the derivable ones are not stored).
     pub(crate) events: std::collections::BTreeMap<u64, Vec<seqlease_core::SlotEvent>>,
+    /// Consumers by name: checkpoint, retain flag, last change.
+    pub(crate) consumers: std::collections::BTreeMap<String, crate::consumers::ConsumerRow>,
+    /// Audited prunes, resets and removals, oldest first.
+    pub(crate) retention: Vec<seqlease_core::RetentionEvent>,
 }
 
 impl SpaceState {
@@ -56,6 +60,8 @@ impl SpaceState {
             events: Default::default(),
             slots: Slots::default(),
             committed: foldhash::HashMap::default(),
+            consumers: Default::default(),
+            retention: Vec::new(),
         }
     }
 
@@ -367,6 +373,8 @@ fn check_fence(fence: &Fence, epoch_of: &dyn Fn(&str) -> u64) -> Result<(), Leas
 pub(crate) struct Slots {
     chunks: Vec<Vec<Slot>>,
     len: u64,
+    /// Slots `1..=floor` were pruned: they are gone (whole chunks freed) and never found.
+    floor: u64,
 }
 
 const CHUNK: usize = 4096;
@@ -386,7 +394,25 @@ impl Slots {
 
     fn position(&self, seq: u64) -> Option<(usize, usize)> {
         let i = usize::try_from(seq.checked_sub(1)?).ok()?;
-        (seq <= self.len).then_some((i / CHUNK, i % CHUNK))
+        (seq > self.floor && seq <= self.len).then_some((i / CHUNK, i % CHUNK))
+    }
+
+    /// The last pruned seq (0: none).
+    pub(crate) fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    /// Forget slots `1..=through` (freeing every chunk that holds only pruned slots).
+    pub(crate) fn prune(&mut self, through: u64) {
+        let through = through.min(self.len);
+        if through <= self.floor {
+            return;
+        }
+        self.floor = through;
+        let whole = usize::try_from(through).unwrap_or(usize::MAX) / CHUNK;
+        for chunk in self.chunks.iter_mut().take(whole) {
+            *chunk = Vec::new();
+        }
     }
 
     /// The slot with this seq (`None` for 0 or beyond the last).

@@ -27,7 +27,7 @@ use crate::error::{BACKEND, map_sqlx};
 pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
 
 /// The tables seqlease reads and writes.
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 9] = [
     "spaces",
     "slots",
     "owners",
@@ -35,6 +35,8 @@ const TABLES: [&str; 7] = [
     "resources",
     "resource_events",
     "slot_events",
+    "consumers",
+    "retention_events",
 ];
 
 /// A connected, migrated pool.
@@ -328,7 +330,7 @@ async fn check_privileges(conn: &mut sqlx::PgConnection, target: &str) -> Result
     Err(StoreError::Permission {
         backend: BACKEND,
         detail: format!(
-            "role {user} lacks SELECT, INSERT or UPDATE on {} at {target}; run GRANT SELECT, INSERT, UPDATE ON spaces, slots, owners, parked, resources, resource_events, slot_events TO {user} (and DELETE ON slot_events for history pruning)",
+            "role {user} lacks SELECT, INSERT or UPDATE on {} at {target}; run GRANT SELECT, INSERT, UPDATE ON spaces, slots, owners, parked, resources, resource_events, slot_events, consumers, retention_events TO {user} (and DELETE ON slot_events for history pruning, DELETE ON slots and consumers for retention)",
             missing.join(", ")
         ),
     })

@@ -46,6 +46,7 @@
 #![warn(missing_docs)]
 
 mod connect;
+mod consumers;
 mod error;
 mod execute;
 mod history;
@@ -72,7 +73,12 @@ use seqlease_core::{
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use tokio::sync::watch;
 
+pub use consumers::{ApplyError, ApplyFuture};
 pub use error::BACKEND;
+use seqlease_core::{ConsumerError, ConsumerState, RetentionEvent, validate_consumer, validate_id};
+/// The sqlx version the store uses: an exactly-once apply ([`PgStore::apply_exactly_once`])
+/// gets a `sqlx::PgConnection` inside the checkpoint's transaction.
+pub use sqlx;
 
 /// The store clock of a [`PgStore`].
 ///
@@ -255,6 +261,50 @@ impl PgStore {
         self.inner.pool.close().await;
     }
 
+    /// Apply `entries` of consumer `consumer` **exactly once**: in one transaction, lock the
+    /// consumer's row, check that its checkpoint is still `expected`, run `apply` on the
+    /// transaction's connection, then move the checkpoint to the last entry's seq. The
+    /// application's read model lives in the same database, so its writes commit together
+    /// with the checkpoint or not at all: an error, a panic or a crash (the future dropped,
+    /// the connection lost) between the apply and the checkpoint leaves neither.
+    ///
+    /// Fails with [`ConsumerError::Apply`] when `apply` fails (everything rolled back),
+    /// [`ConsumerError::Conflict`] when another run moved the checkpoint first, and the
+    /// other refusals of [`Store::save_checkpoint`]. `entries` must be the ones that follow
+    /// `expected` (as [`Store::read`] returns them).
+    pub async fn apply_exactly_once<F>(
+        &self,
+        space: &SpaceName,
+        consumer: &str,
+        expected: u64,
+        entries: &[seqlease_core::Entry],
+        apply: F,
+    ) -> Result<ConsumerState, ConsumerError>
+    where
+        F: for<'c> FnOnce(
+                &'c mut sqlx::PgConnection,
+                &'c [seqlease_core::Entry],
+            ) -> ApplyFuture<'c>
+            + Send,
+    {
+        validate_consumer(consumer)?;
+        if let Some(first) = entries.first()
+            && first.seq != expected + 1
+        {
+            return Err(ConsumerError::Invalid(
+                seqlease_core::InvalidInput::Setting {
+                    setting: "entries",
+                    reason: format!(
+                        "consumer {consumer} of {space}: the batch starts at {} but the checkpoint is {expected}; pass the entries that follow the checkpoint",
+                        first.seq
+                    ),
+                },
+            ));
+        }
+        consumers::apply_exactly_once(&self.inner, (space, consumer), expected, entries, apply)
+            .await
+    }
+
     pub(crate) fn inner(&self) -> &Inner {
         &self.inner
     }
@@ -394,5 +444,78 @@ impl Store for PgStore {
         limit: usize,
     ) -> Result<Vec<ResourceEvent>, StoreError> {
         resources::resource_history(&self.inner, resource, limit).await
+    }
+
+    async fn register_consumer(
+        &self,
+        space: &SpaceName,
+        name: &str,
+        retain: bool,
+    ) -> Result<ConsumerState, ConsumerError> {
+        validate_consumer(name)?;
+        consumers::register(&self.inner, (space, name), retain).await
+    }
+
+    async fn consumer(
+        &self,
+        space: &SpaceName,
+        name: &str,
+    ) -> Result<Option<ConsumerState>, StoreError> {
+        consumers::consumer(&self.inner, (space, name)).await
+    }
+
+    async fn save_checkpoint(
+        &self,
+        space: &SpaceName,
+        name: &str,
+        expected: u64,
+        seq: u64,
+    ) -> Result<ConsumerState, ConsumerError> {
+        consumers::save(&self.inner, (space, name), expected, seq).await
+    }
+
+    async fn reset_consumer(
+        &self,
+        space: &SpaceName,
+        name: &str,
+        to: u64,
+        actor: &str,
+    ) -> Result<ConsumerState, ConsumerError> {
+        validate_id("actor", actor)?;
+        consumers::reset(&self.inner, (space, name), to, actor).await
+    }
+
+    async fn remove_consumer(
+        &self,
+        space: &SpaceName,
+        name: &str,
+        actor: &str,
+    ) -> Result<ConsumerState, ConsumerError> {
+        validate_id("actor", actor)?;
+        consumers::remove(&self.inner, (space, name), actor).await
+    }
+
+    async fn list_consumers(
+        &self,
+        space: Option<&SpaceName>,
+    ) -> Result<Vec<ConsumerState>, StoreError> {
+        consumers::list(&self.inner, space).await
+    }
+
+    async fn prune_entries(
+        &self,
+        space: &SpaceName,
+        below: u64,
+        actor: &str,
+    ) -> Result<RetentionEvent, ConsumerError> {
+        validate_id("actor", actor)?;
+        consumers::prune(&self.inner, space, below, actor).await
+    }
+
+    async fn retention_history(
+        &self,
+        space: &SpaceName,
+    ) -> Result<Vec<RetentionEvent>, StoreError> {
+        consumers::history(&self.inner, space).await
     }
 }

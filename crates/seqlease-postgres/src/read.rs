@@ -174,6 +174,16 @@ pub(crate) async fn read(
     .fetch_all(&inner.pool)
     .await
     .map_err(|e| map_sqlx(e, &inner.target))?;
+    // Seqs are contiguous: a read that does not start where it was asked either is caught
+    // up (no rows) or ran into pruned entries; only then is the prune record consulted.
+    let first: Option<i64> = rows
+        .first()
+        .map(|r| r.try_get(0))
+        .transpose()
+        .map_err(|e| map_sqlx(e, &inner.target))?;
+    if first != Some(from.max(1)) {
+        crate::consumers::check_read(inner, space, from.max(1).cast_unsigned()).await?;
+    }
     rows.iter()
         .map(|row| entry(space, row, &inner.target))
         .collect()

@@ -52,6 +52,7 @@
 #![warn(missing_docs)]
 
 mod codec;
+mod consumers;
 mod error;
 mod execute;
 mod history;
@@ -75,6 +76,12 @@ use seqlease_core::{
     StoreError, SystemClock, Timestamp,
 };
 use sqlx::sqlite::SqlitePool;
+
+pub use consumers::ApplyError;
+/// The rusqlite version the store's write connection uses: the transaction handed to an
+/// exactly-once apply ([`SqliteStore::apply_exactly_once`]) is a `rusqlite::Transaction`.
+pub use rusqlite;
+use seqlease_core::{ConsumerError, ConsumerState, RetentionEvent, validate_consumer, validate_id};
 
 /// How to open a [`SqliteStore`].
 #[derive(Clone, Debug)]
@@ -114,6 +121,7 @@ pub struct SqliteStore {
 struct Inner {
     writer: writer::Writer,
     readers: SqlitePool,
+    bulk: Arc<read::BulkReaders>,
     clock: Arc<dyn Clock>,
     path: PathBuf,
 }
@@ -140,6 +148,7 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 writer: pools.writer,
                 readers: pools.readers,
+                bulk: Arc::new(read::BulkReaders::new(path, opts.busy_timeout)),
                 clock: opts.clock,
                 path: path.to_path_buf(),
             }),
@@ -158,10 +167,69 @@ impl SqliteStore {
         &self.inner.path
     }
 
+    /// Apply `entries` of consumer `consumer` **exactly once**: in one write transaction,
+    /// check that the consumer's checkpoint is still `expected`, run `apply` with that
+    /// transaction (on the store's write thread), then move the checkpoint to the last
+    /// entry's seq. The application's read model lives in the same database file, so its
+    /// writes commit together with the checkpoint or not at all: a crash or an error
+    /// between the apply and the checkpoint leaves neither, and the entries are applied again
+    /// from the old checkpoint as if for the first time.
+    ///
+    /// Fails with [`ConsumerError::Apply`] when `apply` fails (everything rolled back),
+    /// [`ConsumerError::Conflict`] when another run moved the checkpoint first, and the other
+    /// refusals of [`Store::save_checkpoint`]. `entries` must be the ones that follow
+    /// `expected` (as [`Store::read`] returns them).
+    pub async fn apply_exactly_once<F>(
+        &self,
+        space: &SpaceName,
+        consumer: &str,
+        expected: u64,
+        entries: Vec<Entry>,
+        apply: F,
+    ) -> Result<ConsumerState, ConsumerError>
+    where
+        F: FnOnce(&rusqlite::Transaction<'_>, &[Entry]) -> Result<(), ApplyError> + Send + 'static,
+    {
+        validate_consumer(consumer)?;
+        if let Some(first) = entries.first()
+            && first.seq != expected + 1
+        {
+            return Err(ConsumerError::Invalid(
+                seqlease_core::InvalidInput::Setting {
+                    setting: "entries",
+                    reason: format!(
+                        "consumer {consumer} of {space}: the batch starts at {} but the checkpoint is {expected}; pass the entries that follow the checkpoint",
+                        first.seq
+                    ),
+                },
+            ));
+        }
+        let (space, consumer, clock) = (
+            space.clone(),
+            consumer.to_string(),
+            self.inner.clock.clone(),
+        );
+        self.inner
+            .writer
+            .run(move |conn| {
+                consumers::apply_exactly_once(
+                    conn,
+                    clock.now(),
+                    &space,
+                    &consumer,
+                    expected,
+                    &entries,
+                    apply,
+                )
+            })
+            .await?
+    }
+
     /// Close every connection, waiting for running calls to finish. Later calls on this
     /// store (or its clones) fail with [`StoreError::Unavailable`].
     pub async fn close(&self) {
         self.inner.writer.close().await;
+        self.inner.bulk.close();
         self.inner.readers.close().await;
     }
 }
@@ -225,7 +293,7 @@ impl Store for SqliteStore {
         from: u64,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        read::read(&self.inner.readers, space, from, limit).await
+        read::read(&self.inner.readers, &self.inner.bulk, space, from, limit).await
     }
 
     async fn slot(&self, space: &SpaceName, seq: u64) -> Result<Option<SlotView>, StoreError> {
@@ -327,6 +395,109 @@ impl Store for SqliteStore {
             .writer
             .run(move |conn| history::prune(conn, before))
             .await
+    }
+
+    async fn register_consumer(
+        &self,
+        space: &SpaceName,
+        name: &str,
+        retain: bool,
+    ) -> Result<ConsumerState, ConsumerError> {
+        validate_consumer(name)?;
+        let (space, name, clock) = (space.clone(), name.to_string(), self.inner.clock.clone());
+        self.inner
+            .writer
+            .run(move |conn| consumers::register(conn, clock.now(), &space, &name, retain))
+            .await?
+    }
+
+    async fn consumer(
+        &self,
+        space: &SpaceName,
+        name: &str,
+    ) -> Result<Option<ConsumerState>, StoreError> {
+        let (space, name) = (space.clone(), name.to_string());
+        self.inner
+            .writer
+            .run(move |conn| consumers::consumer(conn, &space, &name))
+            .await
+    }
+
+    async fn save_checkpoint(
+        &self,
+        space: &SpaceName,
+        name: &str,
+        expected: u64,
+        seq: u64,
+    ) -> Result<ConsumerState, ConsumerError> {
+        let (space, name, clock) = (space.clone(), name.to_string(), self.inner.clock.clone());
+        self.inner
+            .writer
+            .run(move |conn| consumers::save(conn, clock.now(), &space, &name, expected, seq))
+            .await?
+    }
+
+    async fn reset_consumer(
+        &self,
+        space: &SpaceName,
+        name: &str,
+        to: u64,
+        actor: &str,
+    ) -> Result<ConsumerState, ConsumerError> {
+        validate_id("actor", actor)?;
+        let (space, name, clock) = (space.clone(), name.to_string(), self.inner.clock.clone());
+        let actor = actor.to_string();
+        self.inner
+            .writer
+            .run(move |conn| consumers::reset(conn, clock.now(), &space, &name, to, &actor))
+            .await?
+    }
+
+    async fn remove_consumer(
+        &self,
+        space: &SpaceName,
+        name: &str,
+        actor: &str,
+    ) -> Result<ConsumerState, ConsumerError> {
+        validate_id("actor", actor)?;
+        let (space, name, clock) = (space.clone(), name.to_string(), self.inner.clock.clone());
+        let actor = actor.to_string();
+        self.inner
+            .writer
+            .run(move |conn| consumers::remove(conn, clock.now(), &space, &name, &actor))
+            .await?
+    }
+
+    async fn list_consumers(
+        &self,
+        space: Option<&SpaceName>,
+    ) -> Result<Vec<ConsumerState>, StoreError> {
+        let space = space.cloned();
+        self.inner
+            .writer
+            .run(move |conn| consumers::list(conn, space.as_ref()))
+            .await
+    }
+
+    async fn prune_entries(
+        &self,
+        space: &SpaceName,
+        below: u64,
+        actor: &str,
+    ) -> Result<RetentionEvent, ConsumerError> {
+        validate_id("actor", actor)?;
+        let (space, clock, actor) = (space.clone(), self.inner.clock.clone(), actor.to_string());
+        self.inner
+            .writer
+            .run(move |conn| consumers::prune(conn, clock.now(), &space, below, &actor))
+            .await?
+    }
+
+    async fn retention_history(
+        &self,
+        space: &SpaceName,
+    ) -> Result<Vec<RetentionEvent>, StoreError> {
+        consumers::history(&self.inner.readers, space).await
     }
 }
 
