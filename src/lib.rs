@@ -31,7 +31,8 @@
 //! ```
 //!
 //! The pieces: [`Engine`] (one per store), [`Space`] (one ordered log), [`Lease`] (one slot),
-//! [`LogReader`] (the ordered log). Stores: in-memory, SQLite (the embedded default) and
+//! [`LogReader`] (the ordered log), and [`worker::WorkerRuntime`] to run projection handlers
+//! over a stream of events with renewal, retries and shutdown handled. Stores: in-memory, SQLite (the embedded default) and
 //! PostgreSQL (many processes on many machines); see the
 //! `Store` trait in [`core`] to write another.
 
@@ -48,6 +49,7 @@ mod lease;
 mod open;
 mod reader;
 mod space;
+pub mod worker;
 
 pub use config::EngineConfig;
 pub use engine::{Engine, EngineBuilder, EngineStats};
