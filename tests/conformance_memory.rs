@@ -59,3 +59,8 @@ mod history {
     use super::*;
     seqlease_conformance::history_suite!(Memory { group_commit: None });
 }
+
+mod worker {
+    use super::*;
+    seqlease_conformance::worker_suite!(Memory { group_commit: None });
+}

@@ -76,3 +76,8 @@ mod history {
     use super::*;
     seqlease_conformance::history_suite!(Postgres { group_commit: None });
 }
+
+mod worker {
+    use super::*;
+    seqlease_conformance::worker_suite!(Postgres { group_commit: None });
+}

@@ -63,3 +63,8 @@ mod resources {
     use super::*;
     seqlease_conformance::resource_suite!(Sqlite);
 }
+
+mod worker {
+    use super::*;
+    seqlease_conformance::worker_suite!(Sqlite);
+}

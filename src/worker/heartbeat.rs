@@ -181,6 +181,8 @@ pub(crate) struct Heartbeat {
     /// One batch at a time per worker, whether from the timer or `heartbeat_now`.
     one_at_a_time: tokio::sync::Mutex<()>,
     counters: Mutex<BeatCounters>,
+    /// Heartbeats that reached the store so far, for those who wait for the next one.
+    beats: tokio::sync::watch::Sender<u64>,
 }
 
 impl Heartbeat {
@@ -191,11 +193,16 @@ impl Heartbeat {
             ttl,
             one_at_a_time: tokio::sync::Mutex::new(()),
             counters: Mutex::default(),
+            beats: tokio::sync::watch::channel(0).0,
         }
     }
 
     pub(crate) fn counters(&self) -> BeatCounters {
         *self.counters.lock()
+    }
+
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.beats.subscribe()
     }
 
     /// Renew every tracked lease in one store batch (split only if the store caps batches
@@ -257,10 +264,14 @@ impl Heartbeat {
                 }
             }
         }
-        let mut counters = self.counters.lock();
-        counters.heartbeats += 1;
-        counters.renewed += beat.renewed as u64;
-        counters.lost += beat.lost as u64;
+        let heartbeats = {
+            let mut counters = self.counters.lock();
+            counters.heartbeats += 1;
+            counters.renewed += beat.renewed as u64;
+            counters.lost += beat.lost as u64;
+            counters.heartbeats
+        };
+        self.beats.send_replace(heartbeats);
         Ok(beat)
     }
 }

@@ -344,6 +344,12 @@ impl<P: Projection> WorkerRuntime<P> {
         }
     }
 
+    /// The number of heartbeats that reached the store so far; changes after each one (for
+    /// health checks, and for tests that wait for the next renewal).
+    pub fn heartbeats(&self) -> watch::Receiver<u64> {
+        self.inner.heartbeat.subscribe()
+    }
+
     /// Renew every lease in flight now, in one store batch (the heartbeat does this on its
     /// own each interval; this is for tests and for callers that know a pause is coming).
     pub async fn heartbeat_now(&self) -> Result<Beat> {
