@@ -24,7 +24,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use seqlease_core::{Command, LeaseError, LeaseKey, Reply, SpaceName, StoreError, Timestamp, Token};
+use seqlease_core::{
+    Command, LeaseError, LeaseKey, Reply, SpaceName, StoreError, Timestamp, Token,
+};
 use tokio::time::Instant;
 
 use crate::engine::Engine;
@@ -237,8 +239,7 @@ impl Heartbeat {
             for (key, reply) in chunk.iter().zip(replies) {
                 // A lease committed or released meanwhile is no longer tracked: its
                 // renewal's answer (likely "resolved") means nothing.
-                let Some(tracked) = slots.get_mut(&key.seq).filter(|t| t.token == key.token)
-                else {
+                let Some(tracked) = slots.get_mut(&key.seq).filter(|t| t.token == key.token) else {
                     continue;
                 };
                 match reply {

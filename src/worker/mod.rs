@@ -88,17 +88,6 @@ pub struct Outcome {
     pub kind: OutcomeKind,
 }
 
-impl Outcome {
-    fn not_leased(operation_id: String, error: Error) -> Self {
-        Outcome {
-            operation_id,
-            seq: None,
-            attempts: 0,
-            kind: OutcomeKind::NotLeased { error },
-        }
-    }
-}
-
 /// The kinds of [`Outcome`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OutcomeKind {
@@ -181,8 +170,22 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    fn count(&mut self, outcome: &Outcome) {
-        match &outcome.kind {
+    fn add(&mut self, other: &RunReport) {
+        self.received += other.received;
+        self.leased += other.leased;
+        self.committed += other.committed;
+        self.duplicates += other.duplicates;
+        self.retries += other.retries;
+        self.failed += other.failed;
+        self.panicked += other.panicked;
+        self.lost += other.lost;
+        self.cancelled += other.cancelled;
+        self.commit_failed += other.commit_failed;
+        self.not_leased += other.not_leased;
+    }
+
+    fn count(&mut self, kind: &OutcomeKind) {
+        match kind {
             OutcomeKind::Committed(CommitOutcome {
                 status: CommitStatus::Duplicate { .. },
                 ..
@@ -213,3 +216,7 @@ pub struct WorkerStats {
     /// Leases held by running handlers now.
     pub in_flight: usize,
 }
+
+#[doc = include_str!("../../docs/worker.md")]
+#[cfg(doctest)]
+pub struct WorkerGuideDoctests;

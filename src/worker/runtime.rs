@@ -7,15 +7,17 @@
 //! [`ErrorPolicy`]; a panic releases the slot with the panic message. The worker's one
 //! heartbeat renews every lease in flight, so handlers may take longer than the TTL.
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::pin::pin;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures::stream::Fuse;
 use futures::{FutureExt, Stream, StreamExt};
-use parking_lot::Mutex;
 use seqlease_core::{InvalidInput, LeaseError, OperationBody, ReleaseOutcome, validate_id};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
@@ -192,7 +194,7 @@ impl<P: Projection> WorkerRuntimeBuilder<P> {
         seqlease_core::validate_name("projection type", self.projection.projection_type())?;
         let worker_id = self.worker_id.unwrap_or_else(|| config.owner.clone());
         validate_id("worker id", &worker_id)?;
-        if self.concurrency == 0 || self.concurrency > Semaphore::MAX_PERMITS {
+        if self.concurrency == 0 {
             return Err(setting(
                 "concurrency",
                 format!("worker {worker_id}: need at least 1 handler at a time"),
@@ -204,10 +206,15 @@ impl<P: Projection> WorkerRuntimeBuilder<P> {
                 format!("worker {worker_id}: need at least 1 grant per store call"),
             ));
         }
-        if let ErrorPolicy::Retry { max_attempts: 0, .. } = self.policy {
+        if let ErrorPolicy::Retry {
+            max_attempts: 0, ..
+        } = self.policy
+        {
             return Err(setting(
                 "error_policy",
-                format!("worker {worker_id}: max_attempts counts the first attempt, so it must be at least 1"),
+                format!(
+                    "worker {worker_id}: max_attempts counts the first attempt, so it must be at least 1"
+                ),
             ));
         }
         let ttl = check_ttl(config, self.ttl.unwrap_or(config.default_ttl))?;
@@ -224,7 +231,9 @@ impl<P: Projection> WorkerRuntimeBuilder<P> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(setting(
                 "runtime",
-                format!("worker {worker_id}: build the worker inside a tokio runtime (its heartbeat is a task)"),
+                format!(
+                    "worker {worker_id}: build the worker inside a tokio runtime (its heartbeat is a task)"
+                ),
             ));
         }
         let beat = Arc::new(Heartbeat::new(engine, self.space.name().clone(), ttl));
@@ -241,7 +250,7 @@ impl<P: Projection> WorkerRuntimeBuilder<P> {
                 capacity_wait: self.capacity_wait,
                 grant_batch: self.grant_batch,
                 on_outcome: self.on_outcome,
-                slots: Arc::new(Semaphore::new(self.concurrency)),
+                concurrency: self.concurrency,
                 heartbeat: beat,
                 _heartbeat_task: AbortOnDrop(heartbeat_task),
                 shutdown,
@@ -274,8 +283,8 @@ struct Inner<P: Projection> {
     capacity_wait: Duration,
     grant_batch: usize,
     on_outcome: Option<OutcomeHook>,
-    /// One permit per handler that may run.
-    slots: Arc<Semaphore>,
+    /// Lanes (handlers at once) per run.
+    concurrency: usize,
     heartbeat: Arc<Heartbeat>,
     /// Stops the heartbeat task when the last clone of the worker goes.
     _heartbeat_task: AbortOnDrop,
@@ -291,10 +300,27 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// One call of `run`: its counters and the signal that cancels its handlers.
-struct RunState {
-    report: Mutex<RunReport>,
+/// One call of `run`: what its lanes share.
+struct RunState<P: Projection, S> {
+    feed: tokio::sync::Mutex<Feed<P::Event, S>>,
+    /// Lanes waiting for the feed: the lane that leases takes events for them too.
+    waiting: AtomicUsize,
+    /// Set at the shutdown deadline: handlers still running stop and release their slots.
     cancel: watch::Sender<bool>,
+}
+
+/// The input and the events leased from it that no lane has taken yet, in input order.
+struct Feed<E, S> {
+    events: Pin<Box<Fuse<S>>>,
+    ready: VecDeque<Leased<E>>,
+    ended: bool,
+}
+
+/// An event with its slot, tracked by the heartbeat.
+struct Leased<E> {
+    lease: Lease,
+    event: E,
+    tracking: Tracking,
 }
 
 /// How a handler's attempts ended.
@@ -380,107 +406,181 @@ impl<P: Projection> WorkerRuntime<P> {
     /// Process `events` until the stream ends (then wait for every handler and return) or
     /// [`shutdown`](Self::shutdown) is called. Slots are leased in the stream's order.
     ///
-    /// Dropping the returned future cancels the run: handlers are aborted and their lease
-    /// handles release the slots (or hand recorded work to recovery); nothing stays leased
-    /// past its TTL.
+    /// The run has `concurrency` lanes (tasks). A free lane takes the next leased event;
+    /// when none is left it leases the next ones from the stream — as many as lanes are
+    /// waiting, in one store call — so slots are granted in input order and only for
+    /// events a lane can take at once.
+    ///
+    /// Dropping the returned future cancels the run: its lanes are aborted and the lease
+    /// handles they held (and those of events leased but not yet started) release their
+    /// slots, or hand recorded work to recovery; nothing stays leased past its TTL.
     pub async fn run<S>(&self, events: S) -> RunReport
     where
-        S: Stream<Item = P::Event>,
+        S: Stream<Item = P::Event> + Send + 'static,
     {
         let inner = &self.inner;
-        let run = Arc::new(RunState {
-            report: Mutex::default(),
+        let run = Arc::new(RunState::<P, S> {
+            feed: tokio::sync::Mutex::new(Feed {
+                events: Box::pin(events.fuse()),
+                ready: VecDeque::new(),
+                ended: false,
+            }),
+            waiting: AtomicUsize::new(0),
             cancel: watch::channel(false).0,
         });
-        let mut tasks = JoinSet::new();
+        let mut lanes = JoinSet::new();
+        for _ in 0..inner.concurrency {
+            lanes.spawn(self.clone().lane(run.clone()));
+        }
+        let mut report = RunReport::default();
         let mut shutdown = inner.shutdown.subscribe();
-        let mut events = pin!(events.fuse());
-        let mut stopped = false;
-        loop {
-            reap(&mut tasks);
-            let permit = tokio::select! {
+        let stopped = loop {
+            tokio::select! {
                 biased;
-                _ = shutdown.wait_for(Option::is_some) => { stopped = true; break; }
-                permit = inner.slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            };
-            let first = tokio::select! {
-                biased;
-                _ = shutdown.wait_for(Option::is_some) => { stopped = true; break; }
-                event = events.next() => event,
-            };
-            let Some(first) = first else { break };
-            let mut batch = vec![(first, permit)];
-            while batch.len() < inner.grant_batch {
-                let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
-                    break;
-                };
-                match events.next().now_or_never() {
-                    Some(Some(event)) => batch.push((event, permit)),
-                    _ => break,
-                }
+                _ = shutdown.wait_for(Option::is_some) => break true,
+                joined = lanes.join_next() => match joined {
+                    Some(joined) => merge(&mut report, joined),
+                    None => break false,
+                },
             }
-            self.lease_and_spawn(batch, &run, &mut tasks).await;
-        }
-        if !stopped {
-            // The input ended: let every handler finish, unless shutdown is asked meanwhile.
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.wait_for(Option::is_some) => { stopped = true; break; }
-                    joined = tasks.join_next() => match joined {
-                        Some(joined) => log_join(joined),
-                        None => break,
-                    },
-                }
-            }
-        }
+        };
         if stopped {
             let deadline = (*shutdown.borrow()).unwrap_or_else(Instant::now);
-            if tokio::time::timeout_at(deadline, join_all(&mut tasks))
+            if tokio::time::timeout_at(deadline, join_all(&mut lanes, &mut report))
                 .await
                 .is_err()
             {
-                tracing::info!(worker = %inner.worker_id, in_flight = tasks.len(), "shutdown deadline passed; releasing the slots of handlers still running");
+                tracing::info!(worker = %inner.worker_id, "shutdown deadline passed; releasing the slots of handlers still running");
                 run.cancel.send_replace(true);
-                if tokio::time::timeout(RELEASE_GRACE, join_all(&mut tasks))
+                if tokio::time::timeout(RELEASE_GRACE, join_all(&mut lanes, &mut report))
                     .await
                     .is_err()
                 {
                     // Their lease handles release in the background as they are dropped.
-                    tasks.abort_all();
-                    join_all(&mut tasks).await;
+                    lanes.abort_all();
+                    join_all(&mut lanes, &mut report).await;
                 }
             }
+            // Events leased when shutdown came but taken by no lane.
+            let leftover: Vec<_> = run.feed.lock().await.ready.drain(..).collect();
+            for item in leftover {
+                item.tracking.finish();
+                let detail = format!(
+                    "worker {} shut down before the handler of {} started",
+                    inner.worker_id,
+                    inner.projection.projection_type()
+                );
+                let seq = item.lease.seq();
+                let id = self.outcome_id(&item.lease);
+                let kind = OutcomeKind::Cancelled {
+                    release: release(item.lease, detail).await,
+                };
+                self.report(&mut report, id, Some(seq), 0, kind);
+            }
         }
-        let mut report = run.report.lock().clone();
         report.shutdown = stopped;
         report
     }
 
-    /// Lease slots for `batch` in its order and start a handler task for each lease.
-    async fn lease_and_spawn(
+    /// One lane: take the next leased event, run it, until the input ends or shutdown.
+    async fn lane<S>(self, run: Arc<RunState<P, S>>) -> RunReport
+    where
+        S: Stream<Item = P::Event> + Send + 'static,
+    {
+        let mut report = RunReport::default();
+        let mut shutdown = self.inner.shutdown.subscribe();
+        let mut cancel = run.cancel.subscribe();
+        while shutdown.borrow().is_none() {
+            let Some(item) = self.next(&run, &mut shutdown, &mut report).await else {
+                break;
+            };
+            self.work(item, &mut cancel, &mut report).await;
+        }
+        report
+    }
+
+    /// The next leased event; `None` once the input ended or shutdown was asked.
+    async fn next<S>(
         &self,
-        batch: Vec<(P::Event, OwnedSemaphorePermit)>,
-        run: &Arc<RunState>,
-        tasks: &mut JoinSet<()>,
-    ) {
+        run: &RunState<P, S>,
+        shutdown: &mut watch::Receiver<Option<Instant>>,
+        report: &mut RunReport,
+    ) -> Option<Leased<P::Event>>
+    where
+        S: Stream<Item = P::Event> + Send + 'static,
+    {
+        loop {
+            run.waiting.fetch_add(1, Ordering::Relaxed);
+            let feed = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(Option::is_some) => None,
+                feed = run.feed.lock() => Some(feed),
+            };
+            run.waiting.fetch_sub(1, Ordering::Relaxed);
+            let mut feed = feed?;
+            if let Some(item) = feed.ready.pop_front() {
+                return Some(item);
+            }
+            if feed.ended {
+                return None;
+            }
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(Option::is_some) => return None,
+                event = feed.events.next() => event,
+            };
+            let Some(first) = first else {
+                feed.ended = true;
+                return None;
+            };
+            // Lease for the lanes waiting behind this one too, from what is ready now.
+            let want = (run.waiting.load(Ordering::Relaxed) + 1).min(self.inner.grant_batch);
+            let mut batch = Vec::with_capacity(want);
+            batch.push(first);
+            while batch.len() < want {
+                match feed.events.next().now_or_never() {
+                    Some(Some(event)) => batch.push(event),
+                    Some(None) => {
+                        feed.ended = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let leased = self.lease(batch, report).await;
+            feed.ready.extend(leased);
+            if let Some(item) = feed.ready.pop_front() {
+                return Some(item);
+            }
+            // Every event of the batch was refused a slot (reported): take the next ones.
+        }
+    }
+
+    /// Lease slots for `batch` in its order.
+    async fn lease(&self, batch: Vec<P::Event>, report: &mut RunReport) -> Vec<Leased<P::Event>> {
         let inner = &self.inner;
-        run.report.lock().received += batch.len() as u64;
+        report.received += batch.len() as u64;
         let mut pending = Vec::with_capacity(batch.len());
-        for (event, permit) in batch {
+        for event in batch {
             let operation_id = inner.projection.operation_id(&event);
             if let Err(e) = validate_id("operation id", &operation_id) {
-                self.finish(run, Outcome::not_leased(operation_id, e.into()));
+                self.report(
+                    report,
+                    Some(operation_id),
+                    None,
+                    0,
+                    OutcomeKind::NotLeased { error: e.into() },
+                );
                 continue;
             }
-            pending.push((event, permit, operation_id));
+            pending.push((event, operation_id));
         }
         if pending.is_empty() {
-            return;
+            return Vec::new();
         }
         let grants = pending
             .iter()
-            .map(|(_, _, id)| self.grant(id.clone()))
+            .map(|(_, id)| self.grant(id.clone()))
             .collect();
         let mut leases = match inner.space.grant_many(grants).await {
             Ok(leases) => leases,
@@ -490,33 +590,36 @@ impl<P: Projection> WorkerRuntime<P> {
             }
         };
         // At capacity the batch's tail is refused; lease those in order, waiting for room.
-        for (lease, (_, _, id)) in leases.iter_mut().zip(&pending) {
-            if lease.is_err() {
-                *lease = inner
-                    .space
-                    .grant(self.grant(id.clone()).wait(inner.capacity_wait))
-                    .await;
+        // (By index: events need not be `Sync`, so no borrow of them lives across an await.)
+        for i in 0..leases.len() {
+            if leases[i].is_err() {
+                let grant = self.grant(pending[i].1.clone()).wait(inner.capacity_wait);
+                leases[i] = inner.space.grant(grant).await;
             }
         }
         let mut granted = Vec::with_capacity(pending.len());
-        for (lease, (event, permit, id)) in leases.into_iter().zip(pending) {
+        for (lease, (event, id)) in leases.into_iter().zip(pending) {
             match lease {
-                Ok(lease) => granted.push((lease, event, permit)),
-                Err(e) => self.finish(run, Outcome::not_leased(id, e)),
+                Ok(lease) => granted.push((lease, event)),
+                Err(error) => {
+                    self.report(report, Some(id), None, 0, OutcomeKind::NotLeased { error })
+                }
             }
         }
-        run.report.lock().leased += granted.len() as u64;
+        report.leased += granted.len() as u64;
         let tracking = inner
             .heartbeat
             .registry
-            .track_all(granted.iter().map(|(l, _, _)| (l.seq(), l.token())));
-        for ((lease, event, permit), tracking) in granted.into_iter().zip(tracking) {
-            let (this, run) = (self.clone(), run.clone());
-            tasks.spawn(async move {
-                this.work(lease, event, tracking, &run).await;
-                drop(permit);
-            });
-        }
+            .track_all(granted.iter().map(|(l, _)| (l.seq(), l.token())));
+        granted
+            .into_iter()
+            .zip(tracking)
+            .map(|((lease, event), tracking)| Leased {
+                lease,
+                event,
+                tracking,
+            })
+            .collect()
     }
 
     fn grant(&self, operation_id: String) -> Grant {
@@ -527,20 +630,29 @@ impl<P: Projection> WorkerRuntime<P> {
     }
 
     /// One event in its slot: the handler's attempts, then commit or release.
-    async fn work(&self, mut lease: Lease, event: P::Event, tracking: Tracking, run: &RunState) {
-        let mut cancelled = run.cancel.subscribe();
+    async fn work(
+        &self,
+        item: Leased<P::Event>,
+        cancel: &mut watch::Receiver<bool>,
+        report: &mut RunReport,
+    ) {
+        let Leased {
+            mut lease,
+            event,
+            tracking,
+        } = item;
         let mut attempts = 0;
         let handled = tokio::select! {
             biased;
-            handled = self.attempts(&mut lease, event, &tracking, &mut attempts, run) => Some(handled),
-            _ = cancelled.wait_for(|c| *c) => None,
+            handled = self.attempts(&mut lease, event, &tracking, &mut attempts, report) => Some(handled),
+            _ = cancel.wait_for(|c| *c) => None,
         };
         let standing = tracking.finish();
         if let Some(r) = standing.renewal {
             lease.adopt_renewal(r.expires_at, r.renewals, r.local_deadline);
         }
         let seq = lease.seq();
-        let operation_id = lease.operation_id().to_string();
+        let operation_id = self.outcome_id(&lease);
         let projection_type = self.inner.projection.projection_type();
         let kind = match handled {
             Some(Handled::Done(body)) => match standing.lost {
@@ -581,15 +693,7 @@ impl<P: Projection> WorkerRuntime<P> {
                 }
             }
         };
-        self.finish(
-            run,
-            Outcome {
-                operation_id,
-                seq: Some(seq),
-                attempts,
-                kind,
-            },
-        );
+        self.report(report, operation_id, Some(seq), attempts, kind);
     }
 
     /// Run the handler until it succeeds, panics, or the error policy gives up.
@@ -599,7 +703,7 @@ impl<P: Projection> WorkerRuntime<P> {
         event: P::Event,
         tracking: &Tracking,
         attempts: &mut u32,
-        run: &RunState,
+        report: &mut RunReport,
     ) -> Handled {
         let inner = &self.inner;
         let mut event = Some(event);
@@ -609,17 +713,15 @@ impl<P: Projection> WorkerRuntime<P> {
             let this = if last { event.take() } else { event.clone() }
                 .expect("the event is only taken for the last attempt");
             let mut ctx = WorkContext::new(lease, tracking.registry(), *attempts);
-            let outcome = AssertUnwindSafe(async {
-                inner.projection.handle(this, &mut ctx).await
-            })
-            .catch_unwind()
-            .await;
+            let outcome = AssertUnwindSafe(async { inner.projection.handle(this, &mut ctx).await })
+                .catch_unwind()
+                .await;
             match outcome {
                 Ok(Ok(body)) => return Handled::Done(body),
                 Ok(Err(error)) if last || error.is_permanent() => return Handled::Failed(error),
                 Ok(Err(error)) => {
                     tracing::debug!(worker = %inner.worker_id, seq = lease.seq(), attempt = *attempts, %error, "handler failed; retrying");
-                    run.report.lock().retries += 1;
+                    report.retries += 1;
                     if let ErrorPolicy::Retry { backoff, .. } = &inner.policy {
                         tokio::time::sleep(backoff.delay(*attempts)).await;
                     }
@@ -629,11 +731,49 @@ impl<P: Projection> WorkerRuntime<P> {
         }
     }
 
-    fn finish(&self, run: &RunState, outcome: Outcome) {
-        run.report.lock().count(&outcome);
-        if let Some(hook) = &self.inner.on_outcome {
-            hook(&outcome);
+    /// The operation id for the outcome hook (the counters alone do not need it).
+    fn outcome_id(&self, lease: &Lease) -> Option<String> {
+        self.inner
+            .on_outcome
+            .as_ref()
+            .map(|_| lease.operation_id().to_string())
+    }
+
+    /// Count an outcome and hand it to the hook.
+    fn report(
+        &self,
+        report: &mut RunReport,
+        operation_id: Option<String>,
+        seq: Option<u64>,
+        attempts: u32,
+        kind: OutcomeKind,
+    ) {
+        report.count(&kind);
+        if let (Some(hook), Some(operation_id)) = (&self.inner.on_outcome, operation_id) {
+            hook(&Outcome {
+                operation_id,
+                seq,
+                attempts,
+                kind,
+            });
         }
+    }
+}
+
+fn merge(report: &mut RunReport, joined: std::result::Result<RunReport, tokio::task::JoinError>) {
+    match joined {
+        Ok(lane) => report.add(&lane),
+        Err(e) if e.is_panic() => {
+            // Handler panics are caught in the lane; this is the outcome hook or the runtime.
+            tracing::error!(error = %e, "worker lane panicked outside its handler; its lease handle released the slot");
+        }
+        Err(_) => {} // aborted at the end of a shutdown
+    }
+}
+
+async fn join_all(lanes: &mut JoinSet<RunReport>, report: &mut RunReport) {
+    while let Some(joined) = lanes.join_next().await {
+        merge(report, joined);
     }
 }
 
@@ -677,27 +817,5 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "a panic with a non-string payload".to_string()
-    }
-}
-
-/// Collect finished handler tasks without waiting.
-fn reap(tasks: &mut JoinSet<()>) {
-    while let Some(joined) = tasks.try_join_next() {
-        log_join(joined);
-    }
-}
-
-async fn join_all(tasks: &mut JoinSet<()>) {
-    while let Some(joined) = tasks.join_next().await {
-        log_join(joined);
-    }
-}
-
-fn log_join(joined: std::result::Result<(), tokio::task::JoinError>) {
-    if let Err(e) = joined
-        && e.is_panic()
-    {
-        // Handler panics are caught in the task; this is the outcome hook or the runtime.
-        tracing::error!(error = %e, "worker task panicked outside its handler; its lease handle released the slot");
     }
 }
