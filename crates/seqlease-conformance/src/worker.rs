@@ -17,12 +17,12 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use seqlease::cleanup::{CleanupConfig, LoadClassifier, LoadThresholds, PartialWorkResolver};
 use seqlease::worker::{
-    Backoff, ErrorPolicy, HandlerError, Outcome, OutcomeKind, Projection, RunReport,
-    WorkContext, WorkerRuntime,
+    Backoff, ErrorPolicy, HandlerError, Outcome, OutcomeKind, Projection, RunReport, WorkContext,
+    WorkerRuntime,
 };
 use seqlease::{
-    CommitStatus, Engine, Entry, GapReason, OperationBody, RecoveryType, ReleaseOutcome,
-    SlotState, Space, SpaceConfig,
+    CommitStatus, Engine, Entry, GapReason, OperationBody, RecoveryType, ReleaseOutcome, SlotState,
+    Space, SpaceConfig,
 };
 use seqlease_core::ExpiredSlot;
 use tokio::sync::{mpsc, oneshot};
@@ -154,7 +154,11 @@ impl Projection for Scripted {
         format!("evt-{}", event.n)
     }
 
-    async fn handle(&self, e: Ev, ctx: &mut WorkContext<'_>) -> Result<OperationBody, HandlerError> {
+    async fn handle(
+        &self,
+        e: Ev,
+        ctx: &mut WorkContext<'_>,
+    ) -> Result<OperationBody, HandlerError> {
         *self
             .calls
             .lock()
@@ -307,8 +311,14 @@ async fn wait_handed_to_recovery(engine: &Engine, space: &Space, seq: u64) {
     let store = engine.store().clone();
     let handed_over = async {
         loop {
-            let v = store.slot(space.name(), seq).await.expect("slot").expect("granted");
-            if v.state != SlotState::Leased || v.lease.expires_at <= engine.now().await.expect("now") {
+            let v = store
+                .slot(space.name(), seq)
+                .await
+                .expect("slot")
+                .expect("granted");
+            if v.state != SlotState::Leased
+                || v.lease.expires_at <= engine.now().await.expect("now")
+            {
                 return;
             }
             tokio::task::yield_now().await;
@@ -330,7 +340,9 @@ pub async fn input_order_is_seq_order(h: &dyn Harness) {
     let (tx, events) = seqlease::worker::channel(8);
     let feeder = tokio::spawn(async move {
         for n in 1..=N {
-            tx.send(ev(n, Act::Commit)).await.expect("worker is running");
+            tx.send(ev(n, Act::Commit))
+                .await
+                .expect("worker is running");
         }
     });
     let report = w.run(events).await;
@@ -349,7 +361,11 @@ pub async fn input_order_is_seq_order(h: &dyn Harness) {
     for (entry, n) in log.iter().zip(1..) {
         assert_eq!(entry.seq, n as u64);
         let op = entry.operation().expect("committed");
-        assert_eq!(op.operation_id, format!("evt-{n}"), "input order = seq order");
+        assert_eq!(
+            op.operation_id,
+            format!("evt-{n}"),
+            "input order = seq order"
+        );
         assert_eq!(op.projection_type, "scripted");
         assert_eq!(entry.owner, "worker-1");
     }
@@ -358,12 +374,20 @@ pub async fn input_order_is_seq_order(h: &dyn Harness) {
         assert!(matches!(o.kind, OutcomeKind::Committed(c) if c.status == CommitStatus::Committed));
     }
     // Re-fed: each event gets a slot, finds its operation committed, and adds nothing.
-    let again = w.run(futures::stream::iter((1..=10).map(|n| ev(n, Act::Commit)))).await;
+    let again = w
+        .run(futures::stream::iter((1..=10).map(|n| ev(n, Act::Commit))))
+        .await;
     assert_eq!((again.duplicates, again.committed), (10, 0));
     let log = read_all(&s).await;
-    assert_eq!(log.iter().filter(|e| e.operation().is_some()).count(), N as usize);
+    assert_eq!(
+        log.iter().filter(|e| e.operation().is_some()).count(),
+        N as usize
+    );
     for (entry, n) in log[N as usize..].iter().zip(1..) {
-        assert_eq!(entry.gap().map(|g| (g.reason, g.superseded_by)), Some((GapReason::Superseded, Some(n))));
+        assert_eq!(
+            entry.gap().map(|g| (g.reason, g.superseded_by)),
+            Some((GapReason::Superseded, Some(n)))
+        );
     }
     assert_eq!(w.stats().in_flight, 0);
 }
@@ -393,7 +417,11 @@ pub async fn handler_errors_follow_the_policy(h: &dyn Harness) {
         (2, 3, 4),
         "{report:?}"
     );
-    assert_eq!(outcome_of(&outcomes, 1).attempts, 3, "two failures, then success");
+    assert_eq!(
+        outcome_of(&outcomes, 1).attempts,
+        3,
+        "two failures, then success"
+    );
     let failed = outcome_of(&outcomes, 2);
     assert_eq!(failed.attempts, 3);
     assert_eq!(
@@ -403,10 +431,17 @@ pub async fn handler_errors_follow_the_policy(h: &dyn Harness) {
             release: Some(ReleaseOutcome::Gap)
         }
     );
-    assert_eq!(outcome_of(&outcomes, 3).attempts, 1, "permanent errors are not retried");
+    assert_eq!(
+        outcome_of(&outcomes, 3).attempts,
+        1,
+        "permanent errors are not retried"
+    );
     assert!(matches!(
         outcome_of(&outcomes, 5).kind,
-        OutcomeKind::Failed { release: Some(ReleaseOutcome::HandedToRecovery), .. }
+        OutcomeKind::Failed {
+            release: Some(ReleaseOutcome::HandedToRecovery),
+            ..
+        }
     ));
     let calls = w.projection().calls.lock().expect("not poisoned").clone();
     assert_eq!((calls[&1], calls[&2], calls[&3]), (3, 3, 1));
@@ -435,12 +470,17 @@ pub async fn handler_errors_follow_the_policy(h: &dyn Harness) {
     let log = read_all(&s).await;
     let op = log[4].operation().expect("recovered");
     assert_eq!(op.body.payload, ids(5).into_bytes());
-    assert_eq!(op.recovery.as_ref().map(|r| r.recovery_type), Some(RecoveryType::PartialWork));
+    assert_eq!(
+        op.recovery.as_ref().map(|r| r.recovery_type),
+        Some(RecoveryType::PartialWork)
+    );
 
     // Release at once: one attempt, then a gap.
     let (projection, _control) = scripted([]);
     let (w, outcomes) = worker(&s, projection, 4, ErrorPolicy::Release);
-    let report = w.run(futures::stream::iter([ev(6, Act::FailTimes(1))])).await;
+    let report = w
+        .run(futures::stream::iter([ev(6, Act::FailTimes(1))]))
+        .await;
     assert_eq!((report.failed, report.retries), (1, 0));
     assert_eq!(outcome_of(&outcomes, 6).attempts, 1);
 }
@@ -463,7 +503,10 @@ pub async fn panics_release_the_slot_with_the_message(h: &dyn Harness) {
     assert_eq!(log.len(), 6);
     let (reason, detail) = gap_detail(&log[2]);
     assert_eq!(reason, GapReason::Released);
-    assert!(detail.contains("panicked") && detail.contains("projection bug on evt-3"), "{detail}");
+    assert!(
+        detail.contains("panicked") && detail.contains("projection bug on evt-3"),
+        "{detail}"
+    );
     assert_eq!(w.stats().in_flight, 0);
 }
 
@@ -489,7 +532,13 @@ pub async fn cancelled_run_leaves_no_slot_stuck(h: &dyn Harness) {
     // Slot 4 has recorded its checkpoint once its handler reaches the gate; wait for that.
     let store = engine.store().clone();
     tokio::time::timeout(SOON, async {
-        while store.slot(s.name(), 4).await.expect("slot").and_then(|v| v.partial).is_none() {
+        while store
+            .slot(s.name(), 4)
+            .await
+            .expect("slot")
+            .and_then(|v| v.partial)
+            .is_none()
+        {
             tokio::task::yield_now().await;
         }
     })
@@ -498,7 +547,9 @@ pub async fn cancelled_run_leaves_no_slot_stuck(h: &dyn Harness) {
     run.abort();
     assert!(run.await.expect_err("cancelled").is_cancelled());
     assert_eq!(
-        s.wait_for(3, SOON).await.expect("released, not left to expire"),
+        s.wait_for(3, SOON)
+            .await
+            .expect("released, not left to expire"),
         3
     );
     for entry in &read_all(&s).await[..3] {
@@ -512,10 +563,17 @@ pub async fn cancelled_run_leaves_no_slot_stuck(h: &dyn Harness) {
         .build()
         .await
         .expect("cleanup");
-    assert_eq!(cleanup.run_once().await.expect("cycle").recovered_total(), 1);
+    assert_eq!(
+        cleanup.run_once().await.expect("cycle").recovered_total(),
+        1
+    );
     let info = s.info().await.expect("info");
     assert_eq!((info.watermark, info.last_seq, info.in_flight), (4, 4, 0));
-    assert_eq!(w.stats().in_flight, 0, "aborted handlers are no longer renewed");
+    assert_eq!(
+        w.stats().in_flight,
+        0,
+        "aborted handlers are no longer renewed"
+    );
     drop(control);
 }
 
@@ -545,8 +603,16 @@ pub async fn slow_handler_kept_alive_by_the_heartbeat(h: &dyn Harness) {
         fx.advance(TTL * 6 / 10);
         assert_eq!(w.heartbeat_now().await.expect("beat").renewed, 1);
     }
-    let view = engine.store().slot(s.name(), 1).await.expect("slot").expect("granted");
-    assert_eq!((view.state, view.lease.renewals >= 5), (SlotState::Leased, true));
+    let view = engine
+        .store()
+        .slot(s.name(), 1)
+        .await
+        .expect("slot")
+        .expect("granted");
+    assert_eq!(
+        (view.state, view.lease.renewals >= 5),
+        (SlotState::Leased, true)
+    );
     control.open(1);
     let report = run.await.expect("run");
     assert_eq!(report.committed, 1, "{report:?}");
@@ -555,11 +621,21 @@ pub async fn slow_handler_kept_alive_by_the_heartbeat(h: &dyn Harness) {
     // No heartbeat while the clock passes the TTL: the lease is lost.
     let run = {
         let w = w.clone();
-        tokio::spawn(async move { w.run(futures::stream::iter([ev(2, Act::RecordThenBlock)])).await })
+        tokio::spawn(async move {
+            w.run(futures::stream::iter([ev(2, Act::RecordThenBlock)]))
+                .await
+        })
     };
     control.started(1).await;
     tokio::time::timeout(SOON, async {
-        while engine.store().slot(s.name(), 2).await.expect("slot").and_then(|v| v.result).is_none() {
+        while engine
+            .store()
+            .slot(s.name(), 2)
+            .await
+            .expect("slot")
+            .and_then(|v| v.result)
+            .is_none()
+        {
             tokio::task::yield_now().await;
         }
     })
@@ -583,9 +659,18 @@ pub async fn slow_handler_kept_alive_by_the_heartbeat(h: &dyn Harness) {
         .build()
         .await
         .expect("cleanup");
-    assert_eq!(cleanup.run_once().await.expect("cycle").recovered_total(), 1);
-    let op = read_all(&s).await[1].operation().cloned().expect("recovered");
-    assert_eq!((op.body, op.recovery.map(|r| r.recovery_type)), (body(2), Some(RecoveryType::Retry)));
+    assert_eq!(
+        cleanup.run_once().await.expect("cycle").recovered_total(),
+        1
+    );
+    let op = read_all(&s).await[1]
+        .operation()
+        .cloned()
+        .expect("recovered");
+    assert_eq!(
+        (op.body, op.recovery.map(|r| r.recovery_type)),
+        (body(2), Some(RecoveryType::Retry))
+    );
 }
 
 /// The heartbeat's own timer keeps a blocked handler's lease alive: each time the store's
@@ -613,7 +698,12 @@ pub async fn heartbeat_timer_renews_in_the_background(h: &dyn Harness) {
             .expect("the heartbeat ticks")
             .expect("the worker is alive");
     }
-    let view = engine.store().slot(s.name(), 1).await.expect("slot").expect("granted");
+    let view = engine
+        .store()
+        .slot(s.name(), 1)
+        .await
+        .expect("slot")
+        .expect("granted");
     assert_eq!(view.state, SlotState::Leased);
     assert!(view.lease.expires_at > engine.now().await.expect("now"));
     control.open(1);
@@ -627,7 +717,10 @@ pub async fn one_heartbeat_renews_every_lease(h: &dyn Harness) {
     let (w, _outcomes) = quiet_worker(&s, projection, 8, ErrorPolicy::default());
     let run = {
         let w = w.clone();
-        tokio::spawn(async move { w.run(futures::stream::iter((1..=5).map(|n| ev(n, Act::Block)))).await })
+        tokio::spawn(async move {
+            w.run(futures::stream::iter((1..=5).map(|n| ev(n, Act::Block))))
+                .await
+        })
     };
     control.started(5).await;
     assert_eq!(w.stats().in_flight, 5);
@@ -637,8 +730,16 @@ pub async fn one_heartbeat_renews_every_lease(h: &dyn Harness) {
     let stats = w.stats();
     assert_eq!((stats.heartbeats, stats.renewed, stats.lost), (3, 15, 0));
     for seq in 1..=5 {
-        let view = engine.store().slot(s.name(), seq).await.expect("slot").expect("granted");
-        assert_eq!(view.lease.renewals, 3, "seq {seq} renewed by every heartbeat");
+        let view = engine
+            .store()
+            .slot(s.name(), seq)
+            .await
+            .expect("slot")
+            .expect("granted");
+        assert_eq!(
+            view.lease.renewals, 3,
+            "seq {seq} renewed by every heartbeat"
+        );
     }
     for n in 1..=5 {
         control.open(n);
@@ -675,11 +776,16 @@ pub async fn shutdown_drains_then_releases(h: &dyn Harness) {
         (4, 2, 2),
         "{report:?}"
     );
-    assert!(tx.send(ev(5, Act::Commit)).await.is_err(), "the run took no more events");
+    assert!(
+        tx.send(ev(5, Act::Commit)).await.is_err(),
+        "the run took no more events"
+    );
     for n in [3, 4] {
         assert!(matches!(
             outcome_of(&outcomes, n).kind,
-            OutcomeKind::Cancelled { release: Some(ReleaseOutcome::Gap) }
+            OutcomeKind::Cancelled {
+                release: Some(ReleaseOutcome::Gap)
+            }
         ));
     }
     let log = read_all(&s).await;
@@ -730,9 +836,17 @@ pub async fn bad_settings_are_refused(h: &dyn Harness) {
             "bad-ids"
         }
         fn operation_id(&self, n: &u32) -> String {
-            if *n == 2 { String::new() } else { format!("ok-{n}") }
+            if *n == 2 {
+                String::new()
+            } else {
+                format!("ok-{n}")
+            }
         }
-        async fn handle(&self, n: u32, _ctx: &mut WorkContext<'_>) -> Result<OperationBody, HandlerError> {
+        async fn handle(
+            &self,
+            n: u32,
+            _ctx: &mut WorkContext<'_>,
+        ) -> Result<OperationBody, HandlerError> {
             Ok(body(n))
         }
     }
@@ -747,6 +861,9 @@ pub async fn bad_settings_are_refused(h: &dyn Harness) {
         .build()
         .expect("worker builds");
     let report = w.run(futures::stream::iter(1..=3)).await;
-    assert_eq!((report.received, report.not_leased, report.committed), (3, 1, 2));
+    assert_eq!(
+        (report.received, report.not_leased, report.committed),
+        (3, 1, 2)
+    );
     assert_eq!(counted.load(Ordering::SeqCst), 1);
 }
