@@ -12,8 +12,10 @@
 //!    operation id comes from the event ([`Projection::operation_id`]), so feeding the same
 //!    event again never commits a second operation (I6: the second slot becomes a
 //!    superseded gap pointing at the first).
-//! 2. **Concurrency.** Up to `concurrency` handlers run at once, each in its own task.
-//!    A slot is leased only when a handler is free to take its event.
+//! 2. **Concurrency.** A run has `concurrency` lanes (tasks), each running one handler at
+//!    a time. A free lane takes the next leased event; when none is left it leases the next
+//!    events for itself and the lanes waiting behind it, so a slot is leased only when a
+//!    lane is free to take its event.
 //! 3. **Recording.** Through its [`WorkContext`] a handler records partial work
 //!    ([`WorkContext::checkpoint`]) and its completed result; if the worker dies, the
 //!    cleanup service finishes that work (DESIGN §4).

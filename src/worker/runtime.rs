@@ -1,9 +1,9 @@
 //! The worker runtime: feeds events through leases, handlers and commits.
 //!
-//! One [`WorkerRuntime`] is one worker. [`WorkerRuntime::run`] takes events from a stream
-//! in order and, for as many as the concurrency limit allows, leases their slots in that
-//! order (several in one store call when several are ready), then runs each handler in its
-//! own task. A handler's operation is committed into its slot; an error goes through the
+//! One [`WorkerRuntime`] is one worker. [`WorkerRuntime::run`] starts `concurrency` lanes
+//! (tasks) that share one ordered feed: a free lane takes the next leased event, and when
+//! none is left leases the next events from the stream in input order — for itself and the
+//! lanes waiting behind it, in one store call — then runs the handler. A handler's operation is committed into its slot; an error goes through the
 //! [`ErrorPolicy`]; a panic releases the slot with the panic message. The worker's one
 //! heartbeat renews every lease in flight, so handlers may take longer than the TTL.
 
@@ -128,8 +128,8 @@ pub struct WorkerRuntimeBuilder<P: Projection> {
 }
 
 impl<P: Projection> WorkerRuntimeBuilder<P> {
-    /// Handlers running at once (default 64). Slots are leased only for events a handler
-    /// is free to take.
+    /// Handlers running at once per run (default 64): the run's lanes. Slots are leased
+    /// only for events a lane is free to take.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n;
         self
