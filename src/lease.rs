@@ -109,7 +109,7 @@ impl Lease {
         !self.finished && Instant::now() < self.local_deadline
     }
 
-    fn key(&self) -> LeaseKey {
+    pub(crate) fn key(&self) -> LeaseKey {
         LeaseKey {
             space: self.record.space.clone(),
             seq: self.record.seq,
@@ -139,6 +139,23 @@ impl Lease {
                 Ok(())
             }
             other => unreachable_reply("renew", other),
+        }
+    }
+
+    /// Adopt a renewal made for this lease by another task (the worker runtime's heartbeat
+    /// renews all its leases in one batch by token). `local_deadline` must have been
+    /// computed like [`Lease::renew`] does: request start + TTL − safety margin. Older
+    /// renewals than the one the handle knows are ignored.
+    pub(crate) fn adopt_renewal(
+        &mut self,
+        expires_at: Timestamp,
+        renewals: u32,
+        local_deadline: Instant,
+    ) {
+        if renewals > self.record.renewals {
+            self.record.expires_at = expires_at;
+            self.record.renewals = renewals;
+            self.local_deadline = local_deadline;
         }
     }
 

@@ -32,7 +32,9 @@
 //!
 //! The pieces: [`Engine`] (one per store), [`Space`] (one ordered log), [`Lease`] (one slot),
 //! [`LogReader`] (the ordered log), [`Consumer`] (a named reader with a stored checkpoint:
-//! at-least-once or exactly-once apply, replay, retention). Stores: in-memory, SQLite (the embedded default) and
+//! at-least-once or exactly-once apply, replay, retention), and [`worker::WorkerRuntime`] to
+//! run projection handlers over a stream of events with renewal, retries and shutdown
+//! handled. Stores: in-memory, SQLite (the embedded default) and
 //! PostgreSQL (many processes on many machines); see the
 //! `Store` trait in [`core`] to write another.
 
@@ -53,6 +55,7 @@ mod reader;
 #[cfg(test)]
 mod schedules;
 mod space;
+pub mod worker;
 
 pub use config::EngineConfig;
 pub use consumer::{Batch, Consumer, ConsumerBuilder, RebuildProgress};

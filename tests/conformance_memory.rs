@@ -64,3 +64,8 @@ mod consumers {
     use super::*;
     seqlease_conformance::consumer_suite!(Memory { group_commit: None });
 }
+
+mod worker {
+    use super::*;
+    seqlease_conformance::worker_suite!(Memory { group_commit: None });
+}

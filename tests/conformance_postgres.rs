@@ -81,3 +81,8 @@ mod consumers {
     use super::*;
     seqlease_conformance::consumer_suite!(Postgres { group_commit: None });
 }
+
+mod worker {
+    use super::*;
+    seqlease_conformance::worker_suite!(Postgres { group_commit: None });
+}

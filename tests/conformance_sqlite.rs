@@ -68,3 +68,8 @@ mod consumers {
     use super::*;
     seqlease_conformance::consumer_suite!(Sqlite);
 }
+
+mod worker {
+    use super::*;
+    seqlease_conformance::worker_suite!(Sqlite);
+}

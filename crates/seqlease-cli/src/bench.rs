@@ -9,14 +9,21 @@
 //! - sqlite: one INSERT per transaction in a plain loop on a file in the same directory, WAL,
 //!   synchronous=NORMAL;
 //! - postgres: use `pgbench -N` (see docs/benchmarks.md).
+//!
+//! With `--runtime` the same run also drives the worker runtime (`seqlease::worker`) with
+//! the same concurrency for the same duration — a projection whose handler returns the
+//! same operation the raw loop commits — and reports its cycles/s as a ratio to the raw
+//! lease API's: the runtime's overhead.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
+use seqlease::worker::{ErrorPolicy, HandlerError, Projection, WorkContext, WorkerRuntime};
 use seqlease::{DEFAULT_URL, Engine, Grant, OperationBody, SpaceConfig};
 use serde_json::json;
 
@@ -40,6 +47,10 @@ pub struct Args {
     /// Also measure the store's baseline in the same run and report the ratio.
     #[arg(long)]
     baseline: bool,
+    /// Also run the worker runtime with the same concurrency and report its cycles/s as a
+    /// ratio to the raw lease API's.
+    #[arg(long)]
+    runtime: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -151,6 +162,12 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     drop(ticker);
     let cycles_per_sec = cycles as f64 / elapsed.as_secs_f64();
 
+    let runtime = if args.runtime {
+        Some(measure_runtime(&engine, args.workers, duration, &payload, ms).await?)
+    } else {
+        None
+    };
+
     let baseline = if args.baseline {
         Some(measure_baseline(&args.db, backend, args.workers, duration).await?)
     } else {
@@ -171,6 +188,7 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         "mean_batch": mean_batch(&engine),
         "baseline": baseline.as_ref().map(|(name, per_sec)| json!({ "name": name, "per_sec": per_sec.round() as u64 })),
         "ratio_to_baseline": baseline.as_ref().map(|(_, b)| (cycles_per_sec / b * 1000.0).round() / 1000.0),
+        "runtime": runtime.map(|per_sec| json!({ "cycles_per_sec": per_sec.round() as u64, "ratio_to_raw": (per_sec / cycles_per_sec * 1000.0).round() / 1000.0 })),
         "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "os": std::env::consts::OS, "arch": std::env::consts::ARCH },
         "commit": git_commit(),
     });
@@ -194,6 +212,12 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             "grant        p50 {} µs, p99 {} µs",
             summary["grant_p50_us"], summary["grant_p99_us"]
         );
+        if let Some(per_sec) = runtime {
+            println!(
+                "runtime      {per_sec:.0} cycles/s through the worker runtime → ratio {} to the raw lease API",
+                summary["runtime"]["ratio_to_raw"]
+            );
+        }
         if let Some((name, per_sec)) = &baseline {
             println!(
                 "baseline     {name}: {per_sec:.0}/s → ratio {}",
@@ -202,6 +226,66 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The bench's projection: each event becomes the operation the raw loop commits.
+struct BenchProjection {
+    payload: Vec<u8>,
+}
+
+impl Projection for BenchProjection {
+    type Event = u64;
+
+    fn projection_type(&self) -> &str {
+        "bench"
+    }
+
+    fn operation_id(&self, n: &u64) -> String {
+        format!("rt-{n}")
+    }
+
+    async fn handle(
+        &self,
+        _n: u64,
+        _ctx: &mut WorkContext<'_>,
+    ) -> Result<OperationBody, HandlerError> {
+        Ok(OperationBody::new("bench", self.payload.clone()))
+    }
+}
+
+/// Cycles/s of the worker runtime with `workers` handlers at once, on a space of its own.
+async fn measure_runtime(
+    engine: &Engine,
+    workers: usize,
+    duration: Duration,
+    payload: &[u8],
+    ms: u128,
+) -> anyhow::Result<f64> {
+    eprintln!(
+        "bench: worker runtime, {workers} handlers for {:.1} s",
+        duration.as_secs_f64()
+    );
+    let capacity = (workers as u32 * 4).max(64);
+    let space = engine
+        .space_with(&format!("bench-rt-{ms}"), SpaceConfig { capacity })
+        .await?;
+    let projection = BenchProjection {
+        payload: payload.to_vec(),
+    };
+    let worker = WorkerRuntime::builder(&space, projection)
+        .concurrency(workers)
+        .worker_id("bench-runtime")
+        .error_policy(ErrorPolicy::Release)
+        .build()?;
+    let started = Instant::now();
+    let events = futures::stream::iter(0u64..).take_until(tokio::time::sleep(duration));
+    let report = worker.run(events).await;
+    let elapsed = started.elapsed();
+    anyhow::ensure!(
+        report.committed == report.received,
+        "the runtime bench lost events: {report:?}"
+    );
+    Ok(report.committed as f64 / elapsed.as_secs_f64())
 }
 
 /// Commands per group-commit transaction (null when the store is called directly).

@@ -14,6 +14,7 @@ pub mod postgres;
 pub mod recovery;
 pub mod resources;
 pub mod suite;
+pub mod worker;
 
 pub use harness::{Fixture, Harness};
 pub use seqlease_core::TimeControl;
@@ -161,6 +162,35 @@ macro_rules! consumer_suite {
             async fn $name() {
                 let harness = $harness;
                 $crate::consumer::$name(&harness).await;
+            }
+        )*
+    };
+}
+
+/// Expand to one test per worker-runtime check, each on a fresh store from `$harness`.
+/// For stores that implement recovery (the checks finish recorded work with the cleanup
+/// service).
+#[macro_export]
+macro_rules! worker_suite {
+    ($harness:expr) => {
+        $crate::worker_suite!(@each $harness;
+            input_order_is_seq_order,
+            handler_errors_follow_the_policy,
+            panics_release_the_slot_with_the_message,
+            cancelled_run_leaves_no_slot_stuck,
+            slow_handler_kept_alive_by_the_heartbeat,
+            heartbeat_timer_renews_in_the_background,
+            one_heartbeat_renews_every_lease,
+            shutdown_drains_then_releases,
+            bad_settings_are_refused,
+        );
+    };
+    (@each $harness:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let harness = $harness;
+                $crate::worker::$name(&harness).await;
             }
         )*
     };
