@@ -81,6 +81,13 @@ pub(crate) fn connect_options(url: &str, opts: &PgOptions) -> Result<PgConnectOp
     // The batch statements take arrays whose length changes with every batch; a custom plan
     // per execution costs more than the statement itself, and the generic plan is as good.
     options = options.options([("plan_cache_mode", "force_generic_plan")]);
+    // A process paused (SIGSTOP, a debugger, a VM freeze) inside one of our millisecond
+    // transactions would hold its space or resource row locks and stall every other process;
+    // the server ends such a session instead, rolling its transaction back.
+    if let Some(idle) = opts.idle_in_transaction_timeout {
+        let ms = idle.as_millis().max(1).to_string();
+        options = options.options([("idle_in_transaction_session_timeout", ms.as_str())]);
+    }
     if options.get_application_name().is_none() {
         options = options.application_name("seqlease");
     }

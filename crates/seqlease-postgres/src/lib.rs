@@ -156,11 +156,16 @@ pub struct PgOptions {
     pub dead_owner_probe: Option<Duration>,
     /// Run the LISTEN task when an engine registers a listener.
     pub listen: bool,
+    /// End a session that sits idle inside a transaction this long (`None`: never). The
+    /// store's transactions take milliseconds; one left open means its process is paused or
+    /// stuck while holding row locks that every other process needs.
+    pub idle_in_transaction_timeout: Option<Duration>,
 }
 
 impl Default for PgOptions {
     /// The database clock, 16 connections, a 5 s connect timeout, migrations on, the
-    /// default schema, 1 batch in flight, a 250 ms dead-owner probe, LISTEN on.
+    /// default schema, 1 batch in flight, a 250 ms dead-owner probe, LISTEN on, idle
+    /// transactions ended after 5 s.
     fn default() -> Self {
         PgOptions {
             clock: Arc::new(PgClock::database()),
@@ -171,6 +176,7 @@ impl Default for PgOptions {
             max_in_flight: 1,
             dead_owner_probe: Some(Duration::from_millis(250)),
             listen: true,
+            idle_in_transaction_timeout: Some(Duration::from_secs(5)),
         }
     }
 }

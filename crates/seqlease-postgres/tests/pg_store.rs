@@ -643,3 +643,34 @@ async fn multi_space_batches_in_any_order_never_deadlock() {
         );
     }
 }
+
+/// Every store session ends a transaction left idle past `idle_in_transaction_timeout`, so
+/// a paused process cannot hold row locks that the other processes need (found by the
+/// fault-injection harness: a SIGSTOPped worker stalled every other process).
+#[tokio::test]
+async fn idle_transactions_are_bounded_on_every_session() {
+    let show = |store: PgStore| async move {
+        let value: String = sqlx::query_scalar("SHOW idle_in_transaction_session_timeout")
+            .fetch_one(store.pool())
+            .await
+            .expect("show");
+        store.close().await;
+        value
+    };
+    let url = server().url.clone();
+    let default = PgStore::connect(&url, opts(&unique_name("idle"))).await.unwrap();
+    assert_eq!(show(default).await, "5s");
+    let custom = PgOptions {
+        idle_in_transaction_timeout: Some(Duration::from_millis(1500)),
+        ..opts(&unique_name("idle"))
+    };
+    assert_eq!(
+        show(PgStore::connect(&url, custom).await.unwrap()).await,
+        "1500ms"
+    );
+    let off = PgOptions {
+        idle_in_transaction_timeout: None,
+        ..opts(&unique_name("idle"))
+    };
+    assert_eq!(show(PgStore::connect(&url, off).await.unwrap()).await, "0");
+}
