@@ -48,6 +48,7 @@ mod lease;
 mod open;
 mod reader;
 mod space;
+pub mod telemetry;
 
 pub use config::EngineConfig;
 pub use engine::{Engine, EngineBuilder, EngineStats};
