@@ -212,7 +212,7 @@ spec!(
     Gauge,
     "{item}",
     ["state"],
-    "Recovery-queue items by state (parked, manual), refreshed by cleanup housekeeping; capped at 10,000 per state."
+    "Recovery-queue items by state (parked, manual), refreshed by cleanup housekeeping; capped at 1,000 per state."
 );
 spec!(
     WATERMARK,
