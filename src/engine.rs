@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::group_commit::Dispatcher;
 use crate::open::open_store;
 use crate::space::Space;
+use crate::telemetry::{AlertThresholds, EngineTelemetry, Telemetry};
 
 /// The handle applications hold. Cheap to clone.
 #[derive(Clone)]
@@ -33,6 +34,8 @@ pub(crate) struct EngineInner {
     pub(crate) recovery_mode: crate::cleanup::RecoveryMode,
     /// Woken when a resource lease is released through this engine (waiting acquirers).
     pub(crate) resource_released: tokio::sync::Notify,
+    /// Metrics, gauges' state and the alert evaluator.
+    pub(crate) telemetry: Arc<EngineTelemetry>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -98,6 +101,7 @@ impl Engine {
 
     fn space_handle(&self, info: SpaceInfo) -> Space {
         let signals = self.inner.spaces.signals(&info.name, info.watermark);
+        self.inner.telemetry.refresh(&info);
         Space::new(self.clone(), info.name, signals)
     }
 
@@ -137,7 +141,11 @@ impl Engine {
 
     /// Send one command through group commit.
     pub(crate) async fn dispatch(&self, command: Command) -> Result<Reply> {
-        self.inner.dispatcher.one(command).await
+        self.inner
+            .dispatcher
+            .one(command)
+            .await
+            .inspect_err(|e| self.inner.telemetry.command_failed(e))
     }
 
     /// Send commands as one batch of their own.
@@ -145,7 +153,18 @@ impl Engine {
         &self,
         commands: Vec<Command>,
     ) -> Result<Vec<Result<Reply, LeaseError>>, StoreError> {
-        self.inner.dispatcher.many(commands).await
+        let replies = self
+            .inner
+            .dispatcher
+            .many(commands)
+            .await
+            .inspect_err(|e| self.inner.telemetry.store_error(e))?;
+        for reply in &replies {
+            if let Err(LeaseError::StaleEpoch { resource, .. }) = reply {
+                self.inner.telemetry.epoch_conflict(resource);
+            }
+        }
+        Ok(replies)
     }
 }
 
@@ -165,6 +184,8 @@ pub struct EngineBuilder {
     url: Option<String>,
     clock: Option<Arc<dyn Clock>>,
     config: EngineConfig,
+    telemetry: Telemetry,
+    alerts: AlertThresholds,
 }
 
 impl EngineBuilder {
@@ -195,6 +216,26 @@ impl EngineBuilder {
     /// The worker id recorded on leases that do not name one.
     pub fn owner(mut self, owner: impl Into<String>) -> Self {
         self.config.owner = owner.into();
+        self
+    }
+
+    /// How metrics are recorded and exported (default: [`Telemetry::FromEnv`], which
+    /// exports over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` is set). See docs/telemetry.md.
+    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
+        self
+    }
+
+    /// Record metrics into the application's own meter provider (shorthand for
+    /// `telemetry(Telemetry::Provider(provider))`).
+    pub fn meter_provider(self, provider: opentelemetry_sdk::metrics::SdkMeterProvider) -> Self {
+        self.telemetry(Telemetry::Provider(provider))
+    }
+
+    /// Thresholds and window of the alert evaluator behind [`Engine::health`].
+    pub fn alert_thresholds(mut self, thresholds: AlertThresholds) -> Self {
+        self.alerts = thresholds;
         self
     }
 
@@ -237,8 +278,20 @@ impl EngineBuilder {
         // Lets stores that can see a process die (PostgreSQL) expire this engine's leases
         // sooner than their TTL if it crashes.
         store.register_owner(&config.owner).await?;
+        let telemetry = Arc::new(EngineTelemetry::new(
+            self.telemetry,
+            self.alerts,
+            store.backend(),
+            spaces.clone(),
+            store.now().await?,
+        )?);
         let group_commit = config.group_commit.unwrap_or(store.batching().group_commit);
-        let dispatcher = Dispatcher::new(store.clone(), spaces.clone(), group_commit);
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            spaces.clone(),
+            group_commit,
+            telemetry.clone(),
+        );
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 store,
@@ -247,6 +300,7 @@ impl EngineBuilder {
                 dispatcher,
                 recovery_mode: Default::default(),
                 resource_released: tokio::sync::Notify::new(),
+                telemetry,
             }),
         })
     }

@@ -18,6 +18,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::barrier::Spaces;
 use crate::error::{Error, Result};
+use crate::telemetry::EngineTelemetry;
 
 type ReplyTx = oneshot::Sender<Result<Reply>>;
 
@@ -31,7 +32,12 @@ pub(crate) struct Dispatcher {
 
 impl Dispatcher {
     /// A dispatcher for `store`; spawns the batching task when `group_commit` is on.
-    pub(crate) fn new(store: Arc<dyn Store>, spaces: Arc<Spaces>, group_commit: bool) -> Self {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        spaces: Arc<Spaces>,
+        group_commit: bool,
+        telemetry: Arc<EngineTelemetry>,
+    ) -> Self {
         let hint = store.batching();
         let stats = Arc::new(BatchStats::default());
         let queue = group_commit.then(|| {
@@ -43,6 +49,7 @@ impl Dispatcher {
                 in_flight: Arc::new(Semaphore::new(hint.max_in_flight.max(1))),
                 inline: hint.max_in_flight <= 1,
                 stats: stats.clone(),
+                telemetry,
             };
             tokio::spawn(task.run(rx));
             tx
@@ -94,6 +101,7 @@ struct BatchTask {
     /// One batch at a time: run it on this task instead of spawning.
     inline: bool,
     stats: Arc<BatchStats>,
+    telemetry: Arc<EngineTelemetry>,
 }
 
 /// Counters of the group-commit path, for `Engine::stats` and benchmarks.
@@ -137,6 +145,7 @@ impl BatchTask {
                 }
             }
             this.stats.record(buffer.len());
+            this.telemetry.batch(buffer.len());
             let batch = std::mem::replace(&mut buffer, Vec::with_capacity(this.max_batch));
             if this.inline {
                 // Single-writer stores: run inline; the next batch queues up meanwhile.

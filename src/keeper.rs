@@ -204,7 +204,11 @@ impl Engine {
 
 /// Send one resource command.
 async fn one(engine: &Engine, command: ResourceCommand) -> Result<ResourceReply> {
-    let mut out = engine.store().resources(vec![command]).await?;
+    let mut out = engine
+        .store()
+        .resources(vec![command])
+        .await
+        .inspect_err(|e| engine.inner.telemetry.store_error(e))?;
     match out
         .replies
         .pop()
@@ -234,6 +238,9 @@ impl LeaseKeeper {
             .into());
         }
         let deadline = acquire.wait.map(|w| Instant::now() + w);
+        let telemetry = &self.inner.engine.inner.telemetry;
+        // A waiting acquirer counts one conflict per call, not one per re-check.
+        let mut conflicted = false;
         loop {
             let released = self.inner.engine.inner.resource_released.notified();
             tokio::pin!(released);
@@ -246,11 +253,20 @@ impl LeaseKeeper {
                 max_renewals: acquire.max_renewals,
                 metadata: acquire.metadata.clone(),
             };
-            match one(&self.inner.engine, command).await {
+            let result = one(&self.inner.engine, command).await;
+            if let Err(Error::Lease(LeaseError::ResourceHeld { .. })) = &result
+                && !conflicted
+            {
+                conflicted = true;
+                telemetry.acquisition(false);
+            }
+            match result {
                 Ok(ResourceReply::Held(lease)) => {
                     self.remember(&lease, acquire.ttl, requested_at);
+                    telemetry.acquisition(true);
                     return Ok(lease);
                 }
+
                 Ok(other) => return unreachable_reply("acquire", Reply::Resource(other)),
                 Err(Error::Lease(LeaseError::ResourceHeld { expires_at, .. }))
                     if deadline.is_some() =>
@@ -402,9 +418,12 @@ async fn renew_once(inner: &KeeperInner) -> Result<usize> {
             ttl: h.ttl,
         })
         .collect();
+    let telemetry = &inner.engine.inner.telemetry;
     let outcome = match inner.engine.store().resources(commands).await {
         Ok(outcome) => outcome,
         Err(e) => {
+            telemetry.store_error(&e);
+            telemetry.resource_renewal("error", held.len() as u64);
             // The store is unreachable: whatever passes its local deadline is lost.
             for (resource, h) in &held {
                 if Instant::now() >= h.local_deadline && remove_epoch(inner, resource, h.epoch) {
@@ -422,6 +441,7 @@ async fn renew_once(inner: &KeeperInner) -> Result<usize> {
     for ((resource, h), reply) in held.into_iter().zip(outcome.replies) {
         match reply {
             Ok(_) => {
+                telemetry.resource_renewal("renewed", 1);
                 let margin = inner.engine.config().safety_margin(h.ttl);
                 // Only the epoch we renewed: the resource may have been released and
                 // acquired again while the renewal was in flight.
@@ -433,6 +453,7 @@ async fn renew_once(inner: &KeeperInner) -> Result<usize> {
                 }
             }
             Err(e) => {
+                telemetry.resource_renewal("lost", 1);
                 tracing::warn!(%resource, epoch = h.epoch, agent = %inner.agent, error = %e, "resource lease lost");
                 if remove_epoch(inner, &resource, h.epoch) {
                     let _ = inner.lost.send(LostLease {

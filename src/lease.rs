@@ -21,11 +21,13 @@ use seqlease_core::{
     ReleaseOutcome, Reply, SpaceName, Timestamp, Token,
 };
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::config::EngineConfig;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::space::unreachable_reply;
+use crate::telemetry::LeaseTelemetry;
 
 /// A held sequence lease. See the module docs.
 #[derive(Debug)]
@@ -35,6 +37,8 @@ pub struct Lease {
     local_deadline: Instant,
     /// Set once the slot is committed, released, or known to be out of our hands.
     finished: bool,
+    /// The attribute sets this lease's metrics are recorded with.
+    pub(crate) telemetry: LeaseTelemetry,
 }
 
 impl Lease {
@@ -45,11 +49,16 @@ impl Lease {
         ttl: Duration,
     ) -> Self {
         let local_deadline = requested_at + ttl - engine.config().safety_margin(ttl);
+        let telemetry = engine
+            .inner
+            .telemetry
+            .lease(&record.space, &record.projection_type);
         Lease {
             engine,
             record,
             local_deadline,
             finished: false,
+            telemetry,
         }
     }
 
@@ -127,7 +136,10 @@ impl Lease {
                 key: self.key(),
                 ttl,
             })
-            .await?;
+            .await;
+        let telemetry = &self.engine.inner.telemetry;
+        telemetry.renewed(&self.telemetry, reply.is_ok());
+        let reply = reply?;
         match reply {
             Reply::Renewed {
                 expires_at,
@@ -197,15 +209,17 @@ impl Lease {
             "operation payload",
             body.payload.len(),
         )?;
-        match self
-            .send(Command::Commit {
-                key: self.key(),
-                body,
-            })
-            .await?
-        {
+        let started = Instant::now();
+        let span = tracing::info_span!(target: "seqlease", "seqlease.commit", space = %self.record.space, seq = self.record.seq);
+        let command = Command::Commit {
+            key: self.key(),
+            body,
+        };
+        match self.send(command).instrument(span).await? {
             Reply::Committed(outcome) => {
                 self.finished = true;
+                let telemetry = &self.engine.inner.telemetry;
+                telemetry.committed(&self.telemetry, &outcome, started.elapsed());
                 Ok(outcome)
             }
             other => unreachable_reply("commit", other),
@@ -224,6 +238,8 @@ impl Lease {
         {
             Reply::Released(outcome) => {
                 self.finished = true;
+                let telemetry = &self.engine.inner.telemetry;
+                telemetry.released(&self.telemetry, outcome);
                 Ok(outcome)
             }
             other => unreachable_reply("release", other),
@@ -281,12 +297,15 @@ impl Drop for Lease {
         };
         let engine = self.engine.clone();
         let key = self.key();
+        let telemetry = self.telemetry.clone();
         tracing::debug!(space = %key.space, seq = key.seq, "lease dropped without commit; releasing its slot");
         runtime.spawn(async move {
             let (space, seq) = (key.space.clone(), key.seq);
             let detail = Some("lease handle dropped without commit (panic or cancellation)".to_string());
-            if let Err(e) = engine.dispatch(Command::Release { key, detail }).await {
-                tracing::debug!(%space, seq, error = %e, "release of a dropped lease failed; the slot resolves when its TTL expires");
+            match engine.dispatch(Command::Release { key, detail }).await {
+                Ok(Reply::Released(outcome)) => engine.inner.telemetry.released(&telemetry, outcome),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(%space, seq, error = %e, "release of a dropped lease failed; the slot resolves when its TTL expires"),
             }
         });
     }

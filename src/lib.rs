@@ -55,6 +55,7 @@ mod reader;
 #[cfg(test)]
 mod schedules;
 mod space;
+pub mod telemetry;
 pub mod worker;
 
 pub use config::EngineConfig;

@@ -12,6 +12,7 @@ use seqlease_core::{
     validate_id, validate_name,
 };
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::barrier::SpaceSignals;
 use crate::engine::Engine;
@@ -132,8 +133,23 @@ impl Space {
     async fn grant_once(&self, request: GrantRequest) -> Result<Lease> {
         let started = Instant::now();
         let ttl = request.ttl;
-        match self.engine.dispatch(Command::Grant(request)).await? {
-            Reply::Granted(record) => Ok(Lease::new(self.engine.clone(), record, started, ttl)),
+        let span = tracing::info_span!(target: "seqlease", "seqlease.grant", space = %self.name, seq = tracing::field::Empty);
+        let reply = self
+            .engine
+            .dispatch(Command::Grant(request))
+            .instrument(span.clone())
+            .await?;
+        match reply {
+            Reply::Granted(record) => {
+                span.record("seq", record.seq);
+                let lease = Lease::new(self.engine.clone(), record, started, ttl);
+                self.engine.inner.telemetry.granted(
+                    &lease.telemetry,
+                    lease.seq(),
+                    started.elapsed(),
+                );
+                Ok(lease)
+            }
             other => unreachable_reply("grant", other),
         }
     }
@@ -156,7 +172,13 @@ impl Space {
             .zip(ttls)
             .map(|(reply, ttl)| match reply {
                 Ok(Reply::Granted(record)) => {
-                    Ok(Lease::new(self.engine.clone(), record, started, ttl))
+                    let lease = Lease::new(self.engine.clone(), record, started, ttl);
+                    self.engine.inner.telemetry.granted(
+                        &lease.telemetry,
+                        lease.seq(),
+                        started.elapsed(),
+                    );
+                    Ok(lease)
                 }
                 Ok(other) => unreachable_reply("grant", other),
                 Err(e) => Err(e.into()),

@@ -131,10 +131,12 @@ pub(crate) enum Verdict {
         recovery_type: RecoveryType,
         step: &'static str,
     },
-    /// Write a gap; park recorded work. `failure` says why when a step failed.
+    /// Write a gap; park recorded work. `failure` says why when a step failed, and
+    /// `failed_step` which step it was.
     Gap {
         skipped: bool,
         failure: Option<String>,
+        failed_step: Option<&'static str>,
     },
 }
 
@@ -158,6 +160,7 @@ impl Chain {
     ) -> Verdict {
         let mut skipped = !allow_any;
         let mut failure = None;
+        let mut failed_step = None;
         if allow_any {
             for step in &self.steps {
                 if step.expensive() && !allow_expensive {
@@ -179,10 +182,15 @@ impl Chain {
                     StepOutcome::Failed(e) => {
                         tracing::warn!(space = %slot.lease.space, seq = slot.lease.seq, step = step.name(), error = %e, "recovery step failed; the work will be parked");
                         failure = Some(e);
+                        failed_step = Some(step.name());
                     }
                 }
             }
         }
-        Verdict::Gap { skipped, failure }
+        Verdict::Gap {
+            skipped,
+            failure,
+            failed_step,
+        }
     }
 }

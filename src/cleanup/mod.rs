@@ -42,9 +42,11 @@ pub use chain::{PartialWorkResolver, PartialWorkStep, RecoveryStep, RetryStep, S
 pub use policy::{LoadClassifier, LoadLevel, LoadSignals, LoadThresholds};
 
 use crate::engine::Engine;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::telemetry::GapKind;
 use cascade::Cascade;
 use chain::{Chain, Verdict};
+use tracing::Instrument;
 
 /// Settings of the cleanup service.
 #[derive(Clone, Debug)]
@@ -261,6 +263,11 @@ impl Cleanup {
         let (stop, mut stopped) = watch::channel(false);
         let this = self.clone();
         let task = tokio::spawn(async move {
+            let engine = &this.inner.engine;
+            if let Ok(now) = engine.now().await {
+                // The heartbeat alert watches this service from now on.
+                engine.inner.telemetry.cleanup_started(now);
+            }
             loop {
                 match this.run_once().await {
                     Ok(report) if report.claimed > 0 || report.resequenced > 0 => {
@@ -276,6 +283,8 @@ impl Cleanup {
                     _ = stopped.wait_for(|s| *s) => break,
                 }
             }
+            // Stopped on purpose: not a reason to alert.
+            engine.inner.telemetry.cleanup_stopped();
         });
         CleanupHandle {
             stop,
@@ -286,6 +295,20 @@ impl Cleanup {
     /// Run one cycle: recover or gap every expired slot, then (at low load) re-sequence
     /// parked work.
     pub async fn run_once(&self) -> Result<CycleReport> {
+        let result = self.cycle().await;
+        let engine = &self.inner.engine;
+        let telemetry = &engine.inner.telemetry;
+        if let Err(Error::Store(e)) = &result {
+            telemetry.store_error(e);
+        }
+        if let Ok(now) = engine.now().await {
+            let level = result.as_ref().ok().and_then(|r| r.level);
+            telemetry.cleanup_cycle(now, result.is_ok(), level, engine.in_recovery_mode());
+        }
+        result
+    }
+
+    async fn cycle(&self) -> Result<CycleReport> {
         let inner = &self.inner;
         let store = inner.engine.store();
         let config = &inner.config;
@@ -296,6 +319,8 @@ impl Cleanup {
         let spaces = store.list_spaces().await?;
         state.store_latency = ewma(state.store_latency, started.elapsed() / 2);
         let backlog: u64 = backlog_by_space.iter().map(|(_, n)| n).sum();
+        let telemetry = &inner.engine.inner.telemetry;
+        telemetry.cleanup_observed(&spaces, &backlog_by_space);
 
         if let Some(change) = state.cascade.observe(backlog, &config.cascade) {
             let active = matches!(change, ModeChange::Entered { .. });
@@ -344,6 +369,7 @@ impl Cleanup {
         if due {
             state.last_maintenance = Some(Instant::now());
             self.maintain(&mut report).await?;
+            self.measure_queue().await;
         }
         Ok(report)
     }
@@ -378,6 +404,35 @@ impl Cleanup {
         Ok(())
     }
 
+    /// Refresh the recovery-queue size gauges (bounded queries, at housekeeping only).
+    async fn measure_queue(&self) {
+        const CAP: usize = 1000;
+        let store = self.inner.engine.store();
+        let mut sizes = [0u64; 2];
+        for (i, state) in [ParkedState::Parked, ParkedState::Manual]
+            .into_iter()
+            .enumerate()
+        {
+            let query = ParkedQuery {
+                space: None,
+                states: vec![state],
+                limit: CAP,
+            };
+            match store.parked(&query).await {
+                Ok(items) => sizes[i] = items.len() as u64,
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not measure the recovery queue");
+                    return;
+                }
+            }
+        }
+        self.inner
+            .engine
+            .inner
+            .telemetry
+            .queue_sizes(sizes[0], sizes[1]);
+    }
+
     async fn clean_space(
         &self,
         space: &SpaceName,
@@ -396,16 +451,34 @@ impl Cleanup {
                 ttl: config.claim_ttl,
                 limit: config.batch_size,
             };
-            let claimed = store.claim_expired(&request).await?;
+            let span = tracing::info_span!(target: "seqlease", "seqlease.claim", space = %space, claimed = tracing::field::Empty);
+            let claimed = store
+                .claim_expired(&request)
+                .instrument(span.clone())
+                .await?;
             if claimed.is_empty() {
                 return Ok(());
             }
+            span.record("claimed", claimed.len());
             report.claimed += claimed.len() as u64;
+            let telemetry = &inner.engine.inner.telemetry;
+            for slot in claimed.iter().filter(|s| s.attempts == 1) {
+                // Counted once, at the first claim; the claim was taken at
+                // claim_expires_at - claim_ttl by the store's clock.
+                let claimed_at = slot.claim_expires_at.minus(config.claim_ttl);
+                let lease = telemetry.lease(&slot.lease.space, &slot.lease.projection_type);
+                telemetry.expired(&lease, claimed_at.since(slot.lease.expires_at));
+            }
             let mut items = Vec::with_capacity(claimed.len());
             let mut steps = Vec::with_capacity(claimed.len());
             for slot in &claimed {
                 let t = Instant::now();
-                let verdict = inner.chain.run(slot, allow_expensive, allow_any).await;
+                let span = tracing::info_span!(target: "seqlease", "seqlease.recover", space = %slot.lease.space, seq = slot.lease.seq);
+                let verdict = inner
+                    .chain
+                    .run(slot, allow_expensive, allow_any)
+                    .instrument(span)
+                    .await;
                 state.step_latency = ewma(state.step_latency, t.elapsed());
                 let (resolution, step) = match verdict {
                     Verdict::Recovered {
@@ -420,7 +493,14 @@ impl Cleanup {
                         },
                         Some(step),
                     ),
-                    Verdict::Gap { skipped, failure } => {
+                    Verdict::Gap {
+                        skipped,
+                        failure,
+                        failed_step,
+                    } => {
+                        if let Some(step) = failed_step {
+                            telemetry.recovery(step, false, &slot.lease.projection_type);
+                        }
                         let recorded = slot.partial.is_some() || slot.result.is_some();
                         let detail = match (failure, skipped, recorded) {
                             (Some(e), _, _) => e,
@@ -447,15 +527,30 @@ impl Cleanup {
             let outcome = store.resolve(items).await?;
             state.store_latency = ewma(state.store_latency, t.elapsed());
             inner.engine.inner.spaces.apply_progress(&outcome.progress);
-            for (reply, step) in outcome.replies.into_iter().zip(steps) {
+            for ((reply, step), slot) in outcome.replies.into_iter().zip(steps).zip(&claimed) {
+                let space_t = telemetry.space(&slot.lease.space);
+                let projection_type = &slot.lease.projection_type;
                 match reply {
                     Ok(Reply::Resolved(ResolveOutcome::Recovered { .. })) => {
-                        report.count_recovered(step.unwrap_or("unknown"))
+                        let step = step.unwrap_or("unknown");
+                        report.count_recovered(step);
+                        telemetry.recovery(step, true, projection_type);
+                        if config.placement == Placement::NewSeq {
+                            telemetry.gap(&space_t, GapKind::Superseded);
+                        }
+                        telemetry.slot_resolved(&space_t);
                     }
-                    Ok(Reply::Resolved(ResolveOutcome::Duplicate { .. })) => report.duplicates += 1,
+                    Ok(Reply::Resolved(ResolveOutcome::Duplicate { .. })) => {
+                        report.duplicates += 1;
+                        telemetry.gap(&space_t, GapKind::Superseded);
+                        telemetry.slot_resolved(&space_t);
+                    }
                     Ok(Reply::Resolved(ResolveOutcome::Gapped { parked })) => {
                         report.gapped += 1;
                         report.parked += u64::from(parked.is_some());
+                        telemetry.recovery("gap", true, projection_type);
+                        telemetry.gap(&space_t, GapKind::Expired);
+                        telemetry.slot_resolved(&space_t);
                     }
                     Ok(other) => {
                         tracing::error!(?other, "store answered a resolve with another reply")
@@ -509,12 +604,17 @@ impl Cleanup {
         }
         let outcome = store.settle_parked(commands).await?;
         inner.engine.inner.spaces.apply_progress(&outcome.progress);
-        for reply in outcome.replies {
+        let telemetry = &inner.engine.inner.telemetry;
+        for (reply, item) in outcome.replies.into_iter().zip(&items) {
             match reply {
-                Ok(Reply::Parked(item)) if item.state == ParkedState::Resequenced => {
-                    report.resequenced += 1
+                Ok(Reply::Parked(done)) if done.state == ParkedState::Resequenced => {
+                    report.resequenced += 1;
+                    telemetry.recovery("resequence", true, &item.projection_type);
                 }
-                Ok(_) => report.parked_failures += 1,
+                Ok(_) => {
+                    report.parked_failures += 1;
+                    telemetry.recovery("resequence", false, &item.projection_type);
+                }
                 Err(e) => tracing::info!(error = %e, "parked item changed under us"),
             }
         }

@@ -24,6 +24,7 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use seqlease::worker::{ErrorPolicy, HandlerError, Projection, WorkContext, WorkerRuntime};
+use seqlease::telemetry::{OtlpExport, Telemetry};
 use seqlease::{DEFAULT_URL, Engine, Grant, OperationBody, SpaceConfig};
 use serde_json::json;
 
@@ -54,6 +55,70 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Telemetry during the run, to measure its cost: `env` (the OTEL_* variables),
+    /// `off` (no instruments), `noexport` (instruments, no exporter), `otlp` (OTLP/HTTP
+    /// export every second to OTEL_EXPORTER_OTLP_ENDPOINT, or to a local receiver that
+    /// this command starts when it is unset).
+    #[arg(long, value_enum, default_value_t = TelemetryMode::Env)]
+    telemetry: TelemetryMode,
+}
+
+/// `--telemetry` choices.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TelemetryMode {
+    /// Follow the OTEL_* variables (export only when an endpoint is set).
+    Env,
+    /// No instruments at all.
+    Off,
+    /// Instruments on a provider without an exporter.
+    Noexport,
+    /// Export over OTLP every second.
+    Otlp,
+}
+
+impl TelemetryMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            TelemetryMode::Env => "env",
+            TelemetryMode::Off => "off",
+            TelemetryMode::Noexport => "noexport",
+            TelemetryMode::Otlp => "otlp",
+        }
+    }
+
+    async fn telemetry(self) -> anyhow::Result<Telemetry> {
+        Ok(match self {
+            TelemetryMode::Env => Telemetry::FromEnv,
+            TelemetryMode::Off => Telemetry::Off,
+            TelemetryMode::Noexport => Telemetry::NoExport,
+            TelemetryMode::Otlp => {
+                let export = match OtlpExport::from_env()? {
+                    Some(export) => export,
+                    None => OtlpExport::http(local_receiver().await?),
+                };
+                Telemetry::Otlp(export.interval(Duration::from_secs(1)))
+            }
+        })
+    }
+}
+
+/// An OTLP/HTTP endpoint on 127.0.0.1 that accepts every export (and reads its body), so
+/// `--telemetry otlp` measures the exporter's real work without a Collector.
+async fn local_receiver() -> anyhow::Result<String> {
+    let app = axum::Router::new().route(
+        "/v1/metrics",
+        axum::routing::post(|body: axum::body::Bytes| async move {
+            let _received = body.len();
+            (
+                [("content-type", "application/x-protobuf")],
+                Vec::<u8>::new(),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(format!("http://{addr}"))
 }
 
 struct WorkerStats {
@@ -86,6 +151,7 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let engine = Engine::builder()
         .url(&args.db)
         .owner("seqlease-bench")
+        .telemetry(args.telemetry.telemetry().await?)
         .build()
         .await?;
     let backend = engine.store().backend();
@@ -185,6 +251,7 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         "grant_p50_us": grant.value_at_quantile(0.50),
         "grant_p99_us": grant.value_at_quantile(0.99),
         "payload_bytes": args.payload,
+        "telemetry": args.telemetry.as_str(),
         "mean_batch": mean_batch(&engine),
         "baseline": baseline.as_ref().map(|(name, per_sec)| json!({ "name": name, "per_sec": per_sec.round() as u64 })),
         "ratio_to_baseline": baseline.as_ref().map(|(_, b)| (cycles_per_sec / b * 1000.0).round() / 1000.0),
@@ -192,6 +259,7 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "os": std::env::consts::OS, "arch": std::env::consts::ARCH },
         "commit": git_commit(),
     });
+    engine.shutdown_telemetry().await?;
     if args.json {
         println!("{summary}");
     } else {
