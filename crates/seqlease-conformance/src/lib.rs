@@ -107,6 +107,7 @@ macro_rules! resource_suite {
             one_of_many_agents_wins,
             failover_grows_the_epoch,
             paused_holder_is_fenced_off,
+            stale_fenced_work_is_parked_not_recovered,
             max_renewals_are_enforced,
             blocking_acquire_is_woken_by_release,
             force_release_of_a_crashed_agent,

@@ -7,10 +7,14 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use seqlease::{Acquire, Error, Grant, LeaseError, OperationBody};
-use seqlease_core::{Reply, ResourceCommand, ResourceEventKind, ResourceReply};
+use seqlease::cleanup::CleanupConfig;
+use seqlease::{Acquire, Error, GapReason, Grant, LeaseError, OperationBody, RecoveryType};
+use seqlease_core::{
+    ParkedQuery, ParkedState, Placement, Reply, ResourceCommand, ResourceEventKind, ResourceReply,
+};
 
 use crate::harness::Harness;
+use crate::recovery::{IdsResolver, config as recovery_config};
 
 const TTL: Duration = Duration::from_secs(30);
 const SOON: Duration = Duration::from_secs(20);
@@ -196,6 +200,194 @@ pub async fn paused_holder_is_fenced_off(h: &dyn Harness) {
     assert!(
         matches!(late, Error::Lease(LeaseError::StaleEpoch { .. })),
         "stale fences are refused at grant too"
+    );
+}
+
+/// Recovery honours fences (I9): a fenced lease abandoned with recorded work (partial work
+/// for a resolver, a finished result) whose resource was taken over before a cleaner got to
+/// it is not committed, in place or at a new seq; its slot becomes `GAP(expired)` saying why
+/// and the work waits in the recovery queue for an operator (`manual`, never re-sequenced
+/// automatically, I5). A fenced lease whose epoch is still current is recovered as usual.
+pub async fn stale_fenced_work_is_parked_not_recovered(h: &dyn Harness) {
+    let fx = h.fresh().await;
+    let engine = fx.engine().await;
+    let space = engine.space("fenced-recovery").await.unwrap();
+    let store = engine.store();
+    let keepers = [
+        engine.lease_keeper("a").await.unwrap(),
+        engine.lease_keeper("b").await.unwrap(),
+        engine.lease_keeper("c").await.unwrap(),
+    ];
+    // Two rounds: in place, then at a new seq. Each holder leaves two fenced leases with
+    // recorded work behind, pauses past every TTL, and the next agent takes the resource.
+    let first = keepers[0]
+        .acquire(Acquire::new("orders-0").ttl(TTL))
+        .await
+        .unwrap();
+    assert_eq!(first.epoch, 1);
+    let mut seq = 0;
+    for (round, placement) in [Placement::InPlace, Placement::NewSeq]
+        .into_iter()
+        .enumerate()
+    {
+        let epoch = round as u64 + 1; // held by keepers[round]
+        let mut partial = space
+            .grant(
+                Grant::new(format!("partial-{epoch}"), "orders")
+                    .fence("orders-0", epoch)
+                    .ttl(TTL),
+            )
+            .await
+            .unwrap();
+        partial
+            .record_partial(format!("{{\"ids\":[{epoch}]}}").into_bytes())
+            .await
+            .unwrap();
+        let mut result = space
+            .grant(
+                Grant::new(format!("result-{epoch}"), "orders")
+                    .fence("orders-0", epoch)
+                    .ttl(TTL),
+            )
+            .await
+            .unwrap();
+        let finished = OperationBody::new("update", format!("zombie {epoch}"));
+        result.record_result(finished.clone()).await.unwrap();
+        partial.abandon();
+        result.abandon();
+        fx.advance(TTL * 2);
+        let next = keepers[round + 1]
+            .acquire(Acquire::new("orders-0").ttl(TTL))
+            .await
+            .unwrap();
+        assert_eq!(next.epoch, epoch + 1, "the resource changed hands");
+
+        let cleanup = engine
+            .cleanup()
+            .config(CleanupConfig {
+                placement,
+                ..recovery_config("fence-cleaner")
+            })
+            .resolver("orders", IdsResolver)
+            .build()
+            .await
+            .unwrap();
+        let report = cleanup.run_once().await.unwrap();
+        assert_eq!(
+            (
+                report.claimed,
+                report.recovered_total(),
+                report.gapped,
+                report.parked
+            ),
+            (2, 0, 2, 2),
+            "{placement:?}: a stale fence recovers nothing and parks both"
+        );
+        seq += 2;
+        assert_eq!(space.wait_for(seq, SOON).await.unwrap(), seq);
+        let log = store.read(space.name(), 1, 1_000).await.unwrap();
+        assert_eq!(
+            log.len() as u64,
+            seq,
+            "{placement:?}: no new seq was appended"
+        );
+        let detail = format!(
+            "recovery refused: stale epoch for orders-0 (current {}, lease had {epoch}); \
+             work parked for an operator",
+            epoch + 1
+        );
+        for entry in &log[seq as usize - 2..] {
+            let gap = entry
+                .gap()
+                .expect("nothing of the stale holder is committed");
+            assert_eq!(gap.reason, GapReason::Expired);
+            assert_eq!(
+                gap.detail.as_deref(),
+                Some(detail.as_str()),
+                "{placement:?}"
+            );
+        }
+        let manual = store
+            .parked(&ParkedQuery {
+                states: vec![ParkedState::Manual],
+                limit: 100,
+                ..ParkedQuery::default()
+            })
+            .await
+            .unwrap();
+        let this_round: Vec<_> = manual
+            .iter()
+            .filter(|p| p.original_seq > seq - 2)
+            .map(|p| {
+                (
+                    p.original_seq,
+                    p.operation_id.clone(),
+                    p.partial.clone(),
+                    p.result.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            this_round,
+            vec![
+                (
+                    seq - 1,
+                    format!("partial-{epoch}"),
+                    Some(format!("{{\"ids\":[{epoch}]}}").into_bytes()),
+                    None
+                ),
+                (seq, format!("result-{epoch}"), None, Some(finished)),
+            ],
+            "I5: the work waits for an operator"
+        );
+        // Automatic recovery leaves manual work alone: nothing is re-sequenced later.
+        cleanup.run_once().await.unwrap();
+        let automatic = store
+            .parked(&ParkedQuery {
+                states: vec![ParkedState::Parked, ParkedState::Resequenced],
+                limit: 100,
+                ..ParkedQuery::default()
+            })
+            .await
+            .unwrap();
+        assert!(automatic.is_empty(), "{automatic:?}");
+        let log = store.read(space.name(), 1, 1_000).await.unwrap();
+        assert_eq!(log.len() as u64, seq);
+        assert!(log.iter().all(|e| e.operation().is_none()), "{log:?}");
+    }
+
+    // The current holder (c, epoch 3): its abandoned fenced work is recovered normally.
+    let mut current = space
+        .grant(
+            Grant::new("current", "orders")
+                .fence("orders-0", 3)
+                .ttl(TTL),
+        )
+        .await
+        .unwrap();
+    let finished = OperationBody::new("update", "current holder");
+    current.record_result(finished.clone()).await.unwrap();
+    current.abandon();
+    fx.advance(TTL * 2);
+    let cleanup = engine
+        .cleanup()
+        .config(recovery_config("fence-cleaner"))
+        .build()
+        .await
+        .unwrap();
+    let report = cleanup.run_once().await.unwrap();
+    assert_eq!(
+        (report.claimed, report.recovered_total(), report.parked),
+        (1, 1, 0)
+    );
+    seq += 1;
+    assert_eq!(space.wait_for(seq, SOON).await.unwrap(), seq);
+    let log = store.read(space.name(), seq, 1).await.unwrap();
+    let op = log[0].operation().expect("a current fence is recovered");
+    assert_eq!((op.operation_id.as_str(), &op.body), ("current", &finished));
+    assert_eq!(
+        op.recovery.as_ref().map(|r| r.recovery_type),
+        Some(RecoveryType::Retry)
     );
 }
 

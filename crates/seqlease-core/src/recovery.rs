@@ -9,13 +9,19 @@
 //! Claims are exclusive per space: while one cleaner holds a live claim in a space, no other
 //! cleaner can claim there. Together with resolving a claimed batch in seq order this makes
 //! recovery ordered within a space (I8), however many cleaners race.
+//!
+//! Recovery writes on behalf of a lease, so a fenced lease's fence still applies (I9): a
+//! store resolving a `Recover` for a lease granted under a resource lease first reads the
+//! resource's current epoch in the same transaction and asks [`check_recovery_fence`]. A
+//! zombie's work whose epoch moved on is never committed; it is parked for an operator
+//! ([`ParkedState::Manual`]) and the slot becomes `GAP(expired)`, so nothing is lost (I5).
 
 use std::time::Duration;
 
 use crate::error::LeaseError;
 use crate::name::SpaceName;
 use crate::time::Timestamp;
-use crate::types::{LeaseRecord, OperationBody, RecoveryType, Token};
+use crate::types::{Fence, LeaseRecord, OperationBody, RecoveryType, Token};
 
 /// Ask for up to `limit` expired slots of `space`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -220,6 +226,67 @@ pub struct ParkedQuery {
     pub limit: usize,
 }
 
+// ---- the fence of recovered work (I9), shared by every store ----
+
+/// A resolution as a store writes it, once the lease's fence was checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FencedResolution {
+    /// What to write.
+    pub resolution: Resolution,
+    /// The state work parked by a `Gap` resolution enters: [`ParkedState::Parked`] normally,
+    /// [`ParkedState::Manual`] when the fence is stale (automatic re-sequencing would commit
+    /// the work without its fence).
+    pub park_state: ParkedState,
+}
+
+/// Check a claimed slot's resolution against its lease's fence (I9).
+///
+/// `current_epoch` is the fenced resource's epoch (0 when never held) read in the resolving
+/// transaction; it is ignored without a fence. With no fence or a current epoch the
+/// resolution stands. With a stale epoch nothing of the lease may be committed:
+/// - `Recover` becomes `Gap { park: true }` with the detail "recovery refused: stale epoch
+///   for R (current C, lease had E); work parked for an operator";
+/// - `Gap` keeps its detail, with the stale epoch appended when it parks work;
+///
+/// and parked work goes to [`ParkedState::Manual`], for an operator to re-sequence or
+/// discard. Only a lease's *recorded* work (partial, result) is parked.
+pub fn check_recovery_fence(
+    resolution: Resolution,
+    fence: Option<&Fence>,
+    current_epoch: u64,
+) -> FencedResolution {
+    let Some(fence) = fence.filter(|f| f.epoch != current_epoch) else {
+        return FencedResolution {
+            resolution,
+            park_state: ParkedState::Parked,
+        };
+    };
+    let stale = format!(
+        "stale epoch for {} (current {current_epoch}, lease had {})",
+        fence.resource, fence.epoch
+    );
+    let resolution = match resolution {
+        Resolution::Recover { .. } => Resolution::Gap {
+            detail: Some(format!(
+                "recovery refused: {stale}; work parked for an operator"
+            )),
+            park: true,
+        },
+        Resolution::Gap { detail, park: true } => Resolution::Gap {
+            detail: Some(match detail {
+                Some(d) => format!("{d}; {stale}: work parked for an operator"),
+                None => format!("{stale}: work parked for an operator"),
+            }),
+            park: true,
+        },
+        gap @ Resolution::Gap { park: false, .. } => gap,
+    };
+    FencedResolution {
+        resolution,
+        park_state: ParkedState::Manual,
+    }
+}
+
 // ---- the recovery-queue state machine, shared by every store ----
 
 /// Check that `action` is allowed on an item in its current state.
@@ -275,5 +342,76 @@ pub fn apply_parked(item: &mut ParkedWork, command: &ParkedCommand) {
             item.state = ParkedState::Discarded;
             item.note = Some(format!("discarded by {by}"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fence(epoch: u64) -> Fence {
+        Fence {
+            resource: "orders-0".into(),
+            epoch,
+        }
+    }
+
+    fn recover() -> Resolution {
+        Resolution::Recover {
+            body: OperationBody::default(),
+            recovery_type: RecoveryType::Retry,
+            placement: Placement::InPlace,
+        }
+    }
+
+    #[test]
+    fn unfenced_and_current_fences_let_recovery_through() {
+        for (f, current) in [(None, 0), (None, 7), (Some(fence(2)), 2)] {
+            let checked = check_recovery_fence(recover(), f.as_ref(), current);
+            assert_eq!(checked.resolution, recover());
+            assert_eq!(checked.park_state, ParkedState::Parked);
+        }
+    }
+
+    #[test]
+    fn a_stale_fence_turns_recovery_into_manual_parking() {
+        let checked = check_recovery_fence(recover(), Some(&fence(1)), 2);
+        let detail = "recovery refused: stale epoch for orders-0 (current 2, lease had 1); \
+                      work parked for an operator";
+        assert_eq!(
+            checked.resolution,
+            Resolution::Gap {
+                detail: Some(detail.into()),
+                park: true
+            }
+        );
+        assert_eq!(checked.park_state, ParkedState::Manual);
+    }
+
+    #[test]
+    fn a_stale_fence_sends_parked_gaps_to_an_operator() {
+        let gap = Resolution::Gap {
+            detail: Some("deferred".into()),
+            park: true,
+        };
+        let checked = check_recovery_fence(gap, Some(&fence(1)), 3);
+        assert_eq!(checked.park_state, ParkedState::Manual);
+        let Resolution::Gap { detail, park } = checked.resolution else {
+            panic!("a gap stays a gap");
+        };
+        assert!(park);
+        assert_eq!(
+            detail.as_deref(),
+            Some(
+                "deferred; stale epoch for orders-0 (current 3, lease had 1): \
+                 work parked for an operator"
+            )
+        );
+        let plain = Resolution::Gap {
+            detail: None,
+            park: false,
+        };
+        let checked = check_recovery_fence(plain.clone(), Some(&fence(1)), 3);
+        assert_eq!(checked.resolution, plain);
     }
 }

@@ -206,6 +206,17 @@ pub trait Store: Send + Sync + 'static {
     /// recorded work, the work is inserted into the recovery queue (state parked, attempts 0);
     /// the slot becomes `GAP(expired)` with the detail (`Duplicate` instead when the
     /// operation id is already committed elsewhere, since then nothing was lost).
+    ///
+    /// Fenced leases (I9): when the lease carries `fence: Some(Fence { resource, epoch })`,
+    /// the store reads the resource's current epoch in the same transaction (so no change of
+    /// holder slips between the check and the write) and applies
+    /// [`check_recovery_fence`](crate::recovery::check_recovery_fence): with a stale epoch a
+    /// `Recover` commits nothing; the slot becomes `GAP(expired)` with the detail "recovery
+    /// refused: stale epoch for R (current C, lease had E); work parked for an operator",
+    /// the recorded partial work and result are parked in state `manual` (not `parked`:
+    /// automatic re-sequencing would commit them without the fence), and the reply is
+    /// `Gapped { parked: Some(id) }` (I5). A parking `Gap` of a stale lease parks as
+    /// `manual` too.
     async fn resolve(&self, items: Vec<Resolve>) -> Result<BatchOutcome, StoreError> {
         let _ = items;
         Err(StoreError::Unsupported {

@@ -204,13 +204,21 @@ impl Store for MemoryStore {
         for item in items {
             let reply = match self.space(&item.claim.space) {
                 Some(space) => {
-                    space
-                        .lock()
-                        .resolve_claimed(item, now, &mut outcome, &mut |mut work| {
+                    let mut space = space.lock();
+                    // Held while the slot is resolved: no holder change can slip between
+                    // the fence check and the write (I9). Lock order: space, then resources.
+                    let resources = self.resources.lock();
+                    space.resolve_claimed(
+                        item,
+                        now,
+                        &|r| resources.epoch(r),
+                        &mut outcome,
+                        &mut |mut work| {
                             work.id = parked.len() as u64 + 1;
                             parked.push(work);
                             parked.len() as u64
-                        })
+                        },
+                    )
                 }
                 None => Err(LeaseError::UnknownSpace {
                     space: item.claim.space.clone(),

@@ -3,6 +3,7 @@
 //! `Store::settle_parked`, written out plainly.
 
 use seqlease_core::late::{LatePlan, LateSlot, plan_late};
+use seqlease_core::recovery::check_recovery_fence;
 use seqlease_core::{
     BatchOutcome, ClaimKey, ClaimRequest, EntryContent, ExpiredSlot, Gap, GapReason, LateCommit,
     LateOutcome, LeaseError, LeaseRecord, Operation, OperationBody, ParkedState, ParkedWork,
@@ -90,11 +91,14 @@ impl SpaceState {
         claimed
     }
 
-    /// Resolve one claimed slot; `parked` receives recorded work to park.
+    /// Resolve one claimed slot; `parked` receives recorded work to park. `epoch_of` reads
+    /// a resource's current epoch: a fenced lease's work is committed only while its epoch
+    /// is current (I9, `check_recovery_fence`).
     pub(crate) fn resolve_claimed(
         &mut self,
         item: Resolve,
         now: Timestamp,
+        epoch_of: &dyn Fn(&str) -> u64,
         outcome: &mut BatchOutcome,
         park: &mut dyn FnMut(ParkedWork) -> u64,
     ) -> Result<Reply, LeaseError> {
@@ -120,7 +124,9 @@ impl SpaceState {
             self.supersede(seq, existing, now, outcome);
             return Ok(Reply::Resolved(ResolveOutcome::Duplicate { existing }));
         }
-        let outcome_reply = match item.resolution {
+        let current_epoch = lease.fence.as_ref().map_or(0, |f| epoch_of(&f.resource));
+        let checked = check_recovery_fence(item.resolution, lease.fence.as_ref(), current_epoch);
+        let outcome_reply = match checked.resolution {
             Resolution::Recover {
                 body,
                 recovery_type,
@@ -163,7 +169,7 @@ impl SpaceState {
                             partial: slot.partial.clone(),
                             result: slot.result.clone(),
                             attempts: 0,
-                            state: ParkedState::Parked,
+                            state: checked.park_state,
                             note: detail.clone(),
                             parked_at: now,
                             resequenced_at_seq: None,

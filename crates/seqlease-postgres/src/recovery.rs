@@ -11,8 +11,10 @@
 //!
 //! **Resolving** claimed slots is one transaction: lock the spaces (name order), read the
 //! clock after the locks are held, load the named slots with the seq where each operation id
-//! is already committed (I6), decide every item in memory exactly as the in-memory reference
-//! store does, then write with set-based statements: one `UPDATE … FROM unnest(…)` for the
+//! is already committed (I6) and the current epoch of every resource their fences name (`FOR
+//! SHARE`, as commits read them: a change of holder waits for this transaction, I9), decide
+//! every item in memory exactly as the in-memory reference store does (a stale fence parks
+//! the work for an operator instead of committing it, `check_recovery_fence`), then write with set-based statements: one `UPDATE … FROM unnest(…)` for the
 //! resolved slots, one `INSERT` for slots allocated already committed (placement at a new
 //! seq), one `INSERT … RETURNING id` into `parked`, and one `UPDATE spaces` that recomputes
 //! the watermark and sends `pg_notify` like a batch does.
@@ -29,7 +31,7 @@
 use seqlease_core::columns::{body_from_columns, fence_from_columns, recovery_to_json};
 use std::collections::HashMap;
 
-use seqlease_core::recovery::{action_name, apply_parked, check_parked};
+use seqlease_core::recovery::{action_name, apply_parked, check_parked, check_recovery_fence};
 use seqlease_core::time::duration_micros;
 use seqlease_core::{
     BatchOutcome, ClaimKey, ClaimRequest, ExpiredSlot, Fence, GapReason, LeaseError, LeaseRecord,
@@ -42,7 +44,7 @@ use sqlx::{Connection, Row};
 
 use crate::error::{BACKEND, corrupt_value, map_sqlx};
 use crate::history::Events;
-use crate::read::{epoch_to_column, state, to_u32, to_u64};
+use crate::read::{epoch_from_column, epoch_to_column, state, to_u32, to_u64};
 use crate::{CLOCK_SQL, Inner, NOW_SQL};
 
 mod late;
@@ -590,6 +592,9 @@ pub(crate) async fn resolve(
         );
     }
 
+    // The current epoch of every fenced resource, locked against a change of holder.
+    let epochs = load_epochs(&mut tx, target, slots.values()).await?;
+
     // Decide every item in order.
     let mut resolved = Resolved::default();
     let mut appended = Appended::default();
@@ -634,7 +639,12 @@ pub(crate) async fn resolve(
             );
             ResolveOutcome::Duplicate { existing }
         } else {
-            match item.resolution {
+            let current_epoch = slot
+                .fence
+                .as_ref()
+                .map_or(0, |f| epochs.get(f.resource.as_str()).copied().unwrap_or(0));
+            let checked = check_recovery_fence(item.resolution, slot.fence.as_ref(), current_epoch);
+            match checked.resolution {
                 Resolution::Recover {
                     body,
                     recovery_type,
@@ -695,7 +705,7 @@ pub(crate) async fn resolve(
                     let recorded = slot.partial.is_some() || slot.result.is_some();
                     if wants && recorded {
                         awaiting_id.push((outcome.replies.len(), park.seq.len()));
-                        park.push(space_id, seq_col, slot, detail.clone());
+                        park.push(space_id, seq_col, slot, checked.park_state, detail.clone());
                     }
                     resolved.gap(space_id, seq_col, GapReason::Expired, None, detail);
                     ResolveOutcome::Gapped { parked: None }
@@ -770,6 +780,41 @@ pub(crate) async fn resolve(
     Ok(outcome)
 }
 
+/// The current epoch of every resource the fences of `slots` name, read `FOR SHARE` in the
+/// resolving transaction (as commits read them in `execute`): a change of holder waits for
+/// this transaction, or this transaction sees the new epoch (I9). Never-held resources are
+/// absent (epoch 0).
+async fn load_epochs<'a>(
+    conn: &mut PgConnection,
+    target: &str,
+    slots: impl Iterator<Item = &'a Claimed>,
+) -> Result<HashMap<String, u64>, StoreError> {
+    let mut names: Vec<&str> = slots
+        .filter_map(|s| s.fence.as_ref().map(|f| f.resource.as_str()))
+        .collect();
+    if names.is_empty() {
+        return Ok(HashMap::new());
+    }
+    names.sort_unstable();
+    names.dedup();
+    let get = |e| map_sqlx(e, target);
+    let rows = sqlx::query(
+        "SELECT name, epoch FROM resources WHERE name = ANY($1::text[]) \
+         ORDER BY name FOR SHARE",
+    )
+    .bind(&names)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(get)?;
+    let mut epochs = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let name: String = row.try_get(0).map_err(get)?;
+        let epoch: i64 = row.try_get(1).map_err(get)?;
+        epochs.insert(name, epoch_from_column(epoch));
+    }
+    Ok(epochs)
+}
+
 /// Rows to insert into `parked`.
 #[derive(Default)]
 struct ParkRows {
@@ -781,11 +826,19 @@ struct ParkRows {
     result_kind: Vec<Option<String>>,
     result_payload: Vec<Option<Vec<u8>>>,
     result_source: Vec<Option<String>>,
+    state: Vec<String>,
     note: Vec<Option<String>>,
 }
 
 impl ParkRows {
-    fn push(&mut self, space_id: i64, seq: i64, slot: &Claimed, note: Option<String>) {
+    fn push(
+        &mut self,
+        space_id: i64,
+        seq: i64,
+        slot: &Claimed,
+        state: ParkedState,
+        note: Option<String>,
+    ) {
         self.space_id.push(space_id);
         self.seq.push(seq);
         self.operation_id.push(slot.operation_id.clone());
@@ -796,6 +849,7 @@ impl ParkRows {
         self.result_payload.push(result.map(|b| b.payload.clone()));
         self.result_source
             .push(result.and_then(|b| b.source_event_id.clone()));
+        self.state.push(state.as_str().to_string());
         self.note.push(note);
     }
 
@@ -815,11 +869,12 @@ impl ParkRows {
                                  result_kind, result_payload, result_source_event, attempts,
                                  state, note, parked_at)
              SELECT p.space_id, p.seq, p.operation_id, p.projection_type, p.partial,
-                    p.result_kind, p.result_payload, p.result_source, 0, 'parked', p.note, $10
+                    p.result_kind, p.result_payload, p.result_source, 0, p.state, p.note, $11
              FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bytea[],
-                         $6::text[], $7::bytea[], $8::text[], $9::text[])
+                         $6::text[], $7::bytea[], $8::text[], $9::text[], $10::text[])
                   WITH ORDINALITY AS p(space_id, seq, operation_id, projection_type, partial,
-                                       result_kind, result_payload, result_source, note, ord)
+                                       result_kind, result_payload, result_source, state, note,
+                                       ord)
              ORDER BY p.ord
              RETURNING id, space_id, original_seq",
         )
@@ -831,6 +886,7 @@ impl ParkRows {
         .bind(&self.result_kind)
         .bind(&self.result_payload)
         .bind(&self.result_source)
+        .bind(&self.state)
         .bind(&self.note)
         .bind(now)
         .fetch_all(&mut *conn)

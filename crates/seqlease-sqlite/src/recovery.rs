@@ -11,8 +11,10 @@
 //!
 //! **Resolving** claimed slots is one transaction too: each item is checked and written in
 //! order, exactly as the in-memory reference store does it (the claim is live by the store
-//! clock, the operation id is not committed elsewhere (I6), then recover in place, at a new
-//! seq, or gap and park), and each touched space's counters and watermark are written back
+//! clock, the operation id is not committed elsewhere (I6), a fenced lease's epoch is still
+//! current or its work is parked for an operator instead (I9, `check_recovery_fence`), then
+//! recover in place, at a new seq, or gap and park), and each touched space's counters and
+//! watermark are written back
 //! at the end with the statement the batches use.
 //!
 //! **Settling** parked work (re-sequence, failed attempt, retry, discard) applies the
@@ -21,7 +23,7 @@
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use seqlease_core::columns::{body_from_columns, fence_from_columns, recovery_to_json};
-use seqlease_core::recovery::{action_name, apply_parked, check_parked};
+use seqlease_core::recovery::{action_name, apply_parked, check_parked, check_recovery_fence};
 use seqlease_core::{
     BatchOutcome, ClaimKey, ClaimRequest, ExpiredSlot, Fence, GapReason, LeaseError, LeaseRecord,
     OperationBody, ParkedAction, ParkedCommand, ParkedQuery, ParkedState, ParkedWork, Placement,
@@ -35,6 +37,7 @@ use crate::codec::{epoch_to_column, seq_param, state, to_u32, to_u64};
 use crate::error::{BACKEND, WriteError, corrupt_value, map_sqlx};
 use crate::execute::sql::UPDATE_SPACE;
 use crate::history::record;
+use crate::resources::epoch_in;
 
 mod late;
 pub(crate) use late::commit_late;
@@ -467,7 +470,14 @@ fn resolve_one(
         )?;
         return Ok(Ok(Reply::Resolved(ResolveOutcome::Duplicate { existing })));
     }
-    let resolved = match item.resolution {
+    // The fence is read under this transaction's write lock: no holder change can slip
+    // between the check and the write (I9).
+    let current_epoch = match &slot.fence {
+        Some(f) => epoch_in(conn, &f.resource)?,
+        None => 0,
+    };
+    let checked = check_recovery_fence(item.resolution, slot.fence.as_ref(), current_epoch);
+    let resolved = match checked.resolution {
         Resolution::Recover {
             body,
             recovery_type,
@@ -539,7 +549,7 @@ fn resolve_one(
                         "INSERT INTO parked (space_id, original_seq, operation_id, \
                          projection_type, partial, result_kind, result_payload, \
                          result_source_event, attempts, state, note, parked_at) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 'parked', ?9, ?10) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11) \
                          RETURNING id",
                     )?
                     .query_row(
@@ -552,6 +562,7 @@ fn resolve_one(
                             kind,
                             payload,
                             source,
+                            checked.park_state.as_str(),
                             detail.as_deref(),
                             now.as_micros(),
                         ],
