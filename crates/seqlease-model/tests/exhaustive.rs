@@ -146,7 +146,7 @@ fn restarted_cleaner_reusing_its_id_recovers_in_order() {
     };
     let verdict = check(ProtocolModel::new(bound), Some(properties::I8));
     assert!(
-        verdict.violations.get(properties::I8).is_none(),
+        !verdict.violations.contains_key(properties::I8),
         "{}",
         verdict.summary()
     );
