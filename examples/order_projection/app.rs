@@ -410,6 +410,8 @@ impl ReadModel {
                     .wait_for(|checkpoint| checkpoint + 1 >= seq)
                     .await
                     .map_err(|_| format!("slot {seq}: the live consumer stopped"))?;
+                // A short indexed query on the handler's thread; a bigger read model would
+                // use a connection pool and `spawn_blocking`.
                 let ids = {
                     let conn = self.conn.lock().map_err(|_| "read connection poisoned")?;
                     matching(&conn, *region as i64, STATUSES[*from])?
@@ -429,7 +431,11 @@ impl ReadModel {
 /// The operation a payload becomes: its kind is the payload's `op`.
 fn body_for(payload: Vec<u8>, event_id: Option<&str>) -> Result<OperationBody, AnyError> {
     let v: Value = serde_json::from_slice(&payload)?;
-    let kind = text(&v, "op", 0)?.to_string();
+    let kind = v
+        .get("op")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("operation payload has no \"op\": {v}"))?
+        .to_string();
     let body = OperationBody::new(kind, payload);
     Ok(match event_id {
         Some(id) => body.with_source_event(id),
@@ -937,7 +943,7 @@ pub async fn run(config: &Config) -> Result<Summary, AnyError> {
     let conn = open_read(&path)?;
     let mut summary = Summary {
         events: config.events,
-        fed: (events.len()) as u64,
+        fed: events.len() as u64,
         slots: last,
         run: report,
         frozen: frozen_lines,
