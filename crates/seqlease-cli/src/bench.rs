@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
-use seqlease::worker::{ErrorPolicy, HandlerError, Projection, WorkContext, WorkerRuntime};
 use seqlease::telemetry::{OtlpExport, Telemetry};
+use seqlease::worker::{ErrorPolicy, HandlerError, Projection, WorkContext, WorkerRuntime};
 use seqlease::{DEFAULT_URL, Engine, Grant, OperationBody, SpaceConfig};
 use serde_json::json;
 

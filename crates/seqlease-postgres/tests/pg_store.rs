@@ -658,7 +658,9 @@ async fn idle_transactions_are_bounded_on_every_session() {
         value
     };
     let url = server().url.clone();
-    let default = PgStore::connect(&url, opts(&unique_name("idle"))).await.unwrap();
+    let default = PgStore::connect(&url, opts(&unique_name("idle")))
+        .await
+        .unwrap();
     assert_eq!(show(default).await, "5s");
     let custom = PgOptions {
         idle_in_transaction_timeout: Some(Duration::from_millis(1500)),
