@@ -348,7 +348,7 @@ impl Store for SqliteStore {
         let clock = self.inner.clock.clone();
         self.inner
             .writer
-            .run(move |conn| recovery::commit_late(conn, clock.now(), items))
+            .run(move |conn| recovery::commit_late(conn, &*clock, items))
             .await
     }
 

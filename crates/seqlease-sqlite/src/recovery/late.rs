@@ -36,10 +36,11 @@ const LOAD: &str = "SELECT token, state, gap_reason, expires_at, operation_id, \
 /// Apply late commits in one transaction, in order.
 pub(crate) fn commit_late(
     conn: &mut Connection,
-    now: Timestamp,
+    clock: &dyn seqlease_core::Clock,
     items: Vec<LateCommit>,
 ) -> Result<BatchOutcome, WriteError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = clock.now(); // under the write lock (see `execute`)
     let mut outcome = BatchOutcome::default();
     let mut spaces = Spaces::default();
     for item in items {
