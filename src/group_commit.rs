@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures::future::BoxFuture;
 use seqlease_core::{BatchOutcome, Command, LeaseError, Reply, Store, StoreError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -21,6 +22,14 @@ use crate::error::{Error, Result};
 use crate::telemetry::EngineTelemetry;
 
 type ReplyTx = oneshot::Sender<Result<Reply>>;
+
+/// Starts a background task: `tokio::spawn` in the engine; the schedule checks
+/// (`src/schedules`) pass shuttle's, so they run this very code under shuttle's scheduler.
+pub(crate) type Spawn = fn(BoxFuture<'static, ()>);
+
+fn tokio_spawn(task: BoxFuture<'static, ()>) {
+    tokio::spawn(task);
+}
 
 /// Routes commands to the store, batching them when the store benefits.
 pub(crate) struct Dispatcher {
@@ -38,11 +47,47 @@ impl Dispatcher {
         group_commit: bool,
         telemetry: Arc<EngineTelemetry>,
     ) -> Self {
+        Self::with_spawn(store, spaces, group_commit, telemetry, tokio_spawn)
+    }
+
+    /// As [`Dispatcher::new`], starting its tasks with `spawn`.
+    pub(crate) fn with_spawn(
+        store: Arc<dyn Store>,
+        spaces: Arc<Spaces>,
+        group_commit: bool,
+        telemetry: Arc<EngineTelemetry>,
+        spawn: Spawn,
+    ) -> Self {
+        Self::start(store, spaces, group_commit, telemetry, spawn, |_| {})
+    }
+
+    /// A group-commit dispatcher with a seeded bug, for the schedule checks.
+    #[cfg(test)]
+    pub(crate) fn seeded(
+        store: Arc<dyn Store>,
+        spaces: Arc<Spaces>,
+        telemetry: Arc<EngineTelemetry>,
+        spawn: Spawn,
+        mutation: Mutation,
+    ) -> Self {
+        Self::start(store, spaces, true, telemetry, spawn, |task| {
+            task.mutation = Some(mutation);
+        })
+    }
+
+    fn start(
+        store: Arc<dyn Store>,
+        spaces: Arc<Spaces>,
+        group_commit: bool,
+        telemetry: Arc<EngineTelemetry>,
+        spawn: Spawn,
+        adjust: impl FnOnce(&mut BatchTask),
+    ) -> Self {
         let hint = store.batching();
         let stats = Arc::new(BatchStats::default());
         let queue = group_commit.then(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            let task = BatchTask {
+            let mut task = BatchTask {
                 store: store.clone(),
                 spaces: spaces.clone(),
                 max_batch: hint.max_batch.max(1),
@@ -50,8 +95,12 @@ impl Dispatcher {
                 inline: hint.max_in_flight <= 1,
                 stats: stats.clone(),
                 telemetry,
+                spawn,
+                #[cfg(test)]
+                mutation: None,
             };
-            tokio::spawn(task.run(rx));
+            adjust(&mut task);
+            spawn(Box::pin(task.run(rx)));
             tx
         });
         Dispatcher {
@@ -102,6 +151,23 @@ struct BatchTask {
     inline: bool,
     stats: Arc<BatchStats>,
     telemetry: Arc<EngineTelemetry>,
+    spawn: Spawn,
+    /// A seeded bug the schedule checks must find.
+    #[cfg(test)]
+    mutation: Option<Mutation>,
+}
+
+/// Seeded bugs for the schedule checks (`src/schedules/group_commit.rs`): each must make
+/// some schedule fail, which shows the checks can see that kind of bug.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mutation {
+    /// Give the in-flight permit back when the batch is handed off instead of when it
+    /// finishes: more batches than the store allows run at once.
+    PermitReleasedAtSpawn,
+    /// Top the batch up with a waiting `recv` instead of `try_recv`: the batch in hand
+    /// waits for a command that may never come.
+    DrainWaits,
 }
 
 /// Counters of the group-commit path, for `Engine::stats` and benchmarks.
@@ -138,6 +204,14 @@ impl BatchTask {
             if buffer.len() < this.max_batch {
                 tokio::task::yield_now().await;
                 while buffer.len() < this.max_batch {
+                    #[cfg(test)]
+                    if this.mutation == Some(Mutation::DrainWaits) {
+                        match rx.recv().await {
+                            Some(item) => buffer.push(item),
+                            None => break,
+                        }
+                        continue;
+                    }
                     match rx.try_recv() {
                         Ok(item) => buffer.push(item),
                         Err(_) => break,
@@ -158,11 +232,13 @@ impl BatchTask {
                 .acquire_owned()
                 .await
                 .expect("never closed");
+            #[cfg(test)]
+            let permit = (this.mutation != Some(Mutation::PermitReleasedAtSpawn)).then_some(permit);
             let task = this.clone();
-            tokio::spawn(async move {
+            (this.spawn)(Box::pin(async move {
                 task.execute(batch).await;
                 drop(permit);
-            });
+            }));
         }
     }
 

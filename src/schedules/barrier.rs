@@ -1,4 +1,4 @@
-//! Schedule exploration of the barrier's wake-ups with [shuttle](https://docs.rs/shuttle).
+//! The barrier's wake-ups.
 //!
 //! Readers wait for the watermark and grants wait for freed capacity without polling: a
 //! store batch's progress raises the watermark and notifies capacity waiters
@@ -9,27 +9,15 @@
 //! random schedules; shuttle fails a schedule in which every task is blocked (a lost
 //! wake-up), so each test would catch one. The seeded variants show it does: the same
 //! protocol with the wait registered *after* the check deadlocks in some schedule.
-//!
-//! Shuttle switches tasks only where a task yields or blocks, so each tokio `watch` or
-//! `Notify` call is one atomic step here; the store round trip between a grant's check and
-//! its wait is a yield.
 
-use std::future::pending;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use seqlease_core::{SpaceName, SpaceProgress};
 use shuttle::future::{block_on, spawn, yield_now};
 
+use super::{SCHEDULES, name, no_fallback};
 use crate::barrier::{SpaceSignals, Spaces};
-
-/// Schedules per test: enough for shuttle's random scheduler to hit the seeded bugs every
-/// run (measured: within the first few dozen), cheap enough for every `cargo test`.
-const SCHEDULES: usize = 2000;
-
-fn name() -> SpaceName {
-    SpaceName::new("orders").expect("a valid space name")
-}
 
 fn progress(space: &SpaceName, watermark: u64, freed: u32) -> Vec<SpaceProgress> {
     vec![SpaceProgress {
@@ -37,11 +25,6 @@ fn progress(space: &SpaceName, watermark: u64, freed: u32) -> Vec<SpaceProgress>
         watermark,
         freed,
     }]
-}
-
-/// Never: the in-process wake-up is the only way on, so a lost one blocks for good.
-fn no_fallback() -> impl std::future::Future<Output = Result<(), ()>> {
-    pending()
 }
 
 /// Batches finishing out of order raise the watermark concurrently with readers waiting for

@@ -1,0 +1,221 @@
+//! The group-commit dispatcher.
+//!
+//! Every grant and commit of every lease handle goes through one queue; a dispatcher task
+//! cuts it into batches and runs them in the store, at most `max_in_flight` at once
+//! ([`Dispatcher`]). Its contract: every command is applied exactly once and its caller
+//! gets *its own* reply; a caller that gives up after queueing does not stop its command or
+//! anyone else's; no batch is larger than `max_batch`; no more batches run at once than the
+//! store allows; the batch in hand never waits for more commands. These checks run the real
+//! dispatcher — its queue, batch cutting, semaphore and reply routing — over the in-memory
+//! store behind a round trip, with shuttle's scheduler in place of tokio's.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures::future::BoxFuture;
+use seqlease_core::{
+    Command, CommitStatus, GrantRequest, LeaseKey, OperationBody, Reply, SpaceConfig, SpaceName,
+    Store, Timestamp,
+};
+use shuttle::future::{block_on, spawn};
+
+use super::{SlowStore, explore, name, no_fallback};
+use crate::barrier::Spaces;
+use crate::group_commit::{Dispatcher, Mutation};
+use crate::telemetry::{AlertThresholds, EngineTelemetry, Telemetry};
+
+/// Concurrent callers: more than a batch holds, so batches overlap and queue up.
+const CALLERS: u64 = 5;
+
+fn shuttle_spawn(task: BoxFuture<'static, ()>) {
+    shuttle::future::spawn(task);
+}
+
+fn grant(space: &SpaceName, operation_id: &str) -> Command {
+    Command::Grant(GrantRequest {
+        space: space.clone(),
+        operation_id: operation_id.into(),
+        projection_type: "orders".into(),
+        owner: "worker".into(),
+        ttl: std::time::Duration::from_secs(30),
+        fence: None,
+    })
+}
+
+/// The most batches in the store at once and the largest batch, over all schedules of a
+/// check: it is not vacuous only if batches did overlap and coalesce.
+#[derive(Default)]
+struct Seen {
+    running: AtomicUsize,
+    batch: AtomicUsize,
+}
+
+impl Seen {
+    fn record(&self, (running, batch): (usize, usize)) {
+        self.running.fetch_max(running, Ordering::SeqCst);
+        self.batch.fetch_max(batch, Ordering::SeqCst);
+    }
+
+    fn most(&self) -> (usize, usize) {
+        (
+            self.running.load(Ordering::SeqCst),
+            self.batch.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// `CALLERS` tasks each grant a slot and commit an operation into it through one
+/// dispatcher; caller 0 gives up as soon as its commit is queued. Returns the most batches
+/// that were in the store at once and the largest batch.
+fn scenario(max_batch: usize, max_in_flight: usize, mutation: Option<Mutation>) -> (usize, usize) {
+    block_on(async move {
+        let store = Arc::new(SlowStore::new(max_batch, max_in_flight));
+        let space = name();
+        store
+            .ensure_space(&space, &SpaceConfig::default())
+            .await
+            .expect("space");
+        let spaces = Arc::new(Spaces::default());
+        let signals = spaces.signals(&space, 0);
+        let telemetry = Arc::new(
+            EngineTelemetry::new(
+                Telemetry::Off,
+                AlertThresholds::default(),
+                "memory",
+                spaces.clone(),
+                Timestamp(0),
+            )
+            .expect("telemetry off"),
+        );
+        let dispatcher = Arc::new(match mutation {
+            None => Dispatcher::with_spawn(
+                store.clone(),
+                spaces.clone(),
+                true,
+                telemetry,
+                shuttle_spawn,
+            ),
+            Some(m) => {
+                Dispatcher::seeded(store.clone(), spaces.clone(), telemetry, shuttle_spawn, m)
+            }
+        });
+        let callers: Vec<_> = (0..CALLERS)
+            .map(|caller| {
+                let (dispatcher, space) = (dispatcher.clone(), space.clone());
+                spawn(async move { call(&dispatcher, &space, caller).await })
+            })
+            .collect();
+        let mut seqs = Vec::new();
+        for caller in callers {
+            seqs.push(caller.await.expect("caller task"));
+        }
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (1..=CALLERS).collect::<Vec<_>>(),
+            "I1: one slot per grant, no seq skipped or shared"
+        );
+        // The abandoned commit lands too: the watermark reaches every slot.
+        let watermark = signals
+            .wait_watermark(CALLERS, no_fallback)
+            .await
+            .expect("no fallback");
+        assert_eq!(watermark, CALLERS);
+        let largest = store.max_batch.load(Ordering::SeqCst);
+        assert!(
+            largest <= max_batch,
+            "a batch of {largest} commands, max {max_batch}"
+        );
+        let running = store.max_running.load(Ordering::SeqCst);
+        assert!(
+            running <= max_in_flight,
+            "{running} batches in the store at once, max {max_in_flight}"
+        );
+        (running, largest)
+    })
+}
+
+/// One caller's grant and commit; returns its seq.
+async fn call(dispatcher: &Dispatcher, space: &SpaceName, caller: u64) -> u64 {
+    let operation_id = format!("op-{caller}");
+    let lease = match dispatcher.one(grant(space, &operation_id)).await {
+        Ok(Reply::Granted(lease)) => lease,
+        other => panic!("caller {caller}: grant answered {other:?}"),
+    };
+    assert_eq!(
+        lease.operation_id, operation_id,
+        "caller {caller} got another caller's reply"
+    );
+    let commit = Command::Commit {
+        key: LeaseKey {
+            space: space.clone(),
+            seq: lease.seq,
+            token: lease.token,
+        },
+        body: OperationBody::new("update", operation_id.into_bytes()),
+    };
+    if caller == 0 {
+        // Queue the commit, then give up on the reply (a cancelled caller).
+        let mut abandoned = pin!(dispatcher.one(commit));
+        assert!(futures::poll!(abandoned.as_mut()).is_pending());
+        return lease.seq;
+    }
+    match dispatcher.one(commit).await {
+        Ok(Reply::Committed(c)) => {
+            assert_eq!(
+                (c.seq, c.status),
+                (lease.seq, CommitStatus::Committed),
+                "caller {caller}: a commit reply for another slot"
+            );
+        }
+        other => panic!("caller {caller}: commit answered {other:?}"),
+    }
+    lease.seq
+}
+
+/// Explore `scenario(max_batch, max_in_flight)`; what the schedules saw at most.
+fn check(max_batch: usize, max_in_flight: usize) -> (usize, usize) {
+    let seen = Arc::new(Seen::default());
+    let sink = seen.clone();
+    explore(move || sink.record(scenario(max_batch, max_in_flight, None)))
+        .expect("every schedule keeps the dispatcher's contract");
+    seen.most()
+}
+
+#[test]
+fn shuttle_group_commit_batches_overlap_within_the_in_flight_limit() {
+    assert_eq!(
+        check(2, 2),
+        (2, 2),
+        "some schedule ran two batches at once, some batch coalesced two commands"
+    );
+}
+
+#[test]
+fn shuttle_group_commit_single_writer_runs_batches_inline() {
+    assert_eq!(
+        check(3, 1),
+        (1, 3),
+        "batches of up to three coalesced, one at a time"
+    );
+}
+
+#[test]
+fn shuttle_finds_the_seeded_in_flight_overrun() {
+    let found = explore(|| {
+        let _ = scenario(1, 2, Some(Mutation::PermitReleasedAtSpawn));
+    });
+    assert!(
+        found.is_err(),
+        "shuttle should find too many batches in flight"
+    );
+}
+
+#[test]
+fn shuttle_finds_the_seeded_batch_that_waits_for_more() {
+    let found = explore(|| {
+        let _ = scenario(3, 1, Some(Mutation::DrainWaits));
+    });
+    assert!(found.is_err(), "shuttle should find the stalled batch");
+}
