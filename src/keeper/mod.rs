@@ -16,13 +16,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
 use seqlease_core::{
     InvalidInput, LeaseError, Reply, ResourceCommand, ResourceEvent, ResourceLease, ResourceQuery,
     ResourceReply, validate_id, validate_name,
 };
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
+
+pub(crate) mod held;
+
+use held::{Held, HeldLeases};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -86,23 +89,6 @@ pub struct LostLease {
     pub reason: String,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Held {
-    epoch: u64,
-    ttl: Duration,
-    /// Past this instant we no longer believe we hold it (request time + TTL − margin).
-    local_deadline: Instant,
-    /// When the last acquire or renewal was requested; the next renewal is due a third of
-    /// the TTL later.
-    renewed_at: Instant,
-}
-
-impl Held {
-    fn due(&self) -> Instant {
-        self.renewed_at + self.ttl / 3
-    }
-}
-
 /// Holds resource leases for one agent. Cheap to clone.
 #[derive(Clone)]
 pub struct LeaseKeeper {
@@ -112,11 +98,10 @@ pub struct LeaseKeeper {
 struct KeeperInner {
     engine: Engine,
     agent: String,
-    held: DashMap<String, Held, foldhash::fast::RandomState>,
+    /// Shared with the renewal task.
+    held: Arc<HeldLeases>,
     lost: broadcast::Sender<LostLease>,
     stop: watch::Sender<bool>,
-    /// Wakes the renewal task when something new is held (it may be due sooner).
-    acquired: Arc<tokio::sync::Notify>,
 }
 
 impl Drop for KeeperInner {
@@ -138,13 +123,16 @@ impl Engine {
             inner: Arc::new(KeeperInner {
                 engine: self.clone(),
                 agent: agent.into(),
-                held: DashMap::default(),
+                held: Arc::default(),
                 lost,
                 stop,
-                acquired: Arc::new(tokio::sync::Notify::new()),
             }),
         };
-        tokio::spawn(renew_loop(Arc::downgrade(&keeper.inner), stopped));
+        tokio::spawn(renew_loop(
+            Arc::downgrade(&keeper.inner),
+            keeper.inner.held.clone(),
+            stopped,
+        ));
         Ok(keeper)
     }
 
@@ -295,32 +283,25 @@ impl LeaseKeeper {
 
     fn remember(&self, lease: &ResourceLease, ttl: Duration, requested_at: Instant) {
         let margin = self.inner.engine.config().safety_margin(ttl);
-        let held = Held {
-            epoch: lease.epoch,
-            ttl,
-            local_deadline: requested_at + ttl - margin,
-            renewed_at: requested_at,
-        };
-        self.inner.held.insert(lease.resource.clone(), held);
-        self.inner.acquired.notify_one();
+        let held = Held::new(lease.epoch, ttl, requested_at, margin);
+        self.inner.held.remember(lease.resource.clone(), held);
     }
 
     /// The epoch of `resource` if this keeper holds it and its local safe deadline has not
     /// passed. No store round trip.
     pub fn ensure(&self, resource: &str) -> Result<u64> {
-        match self.inner.held.get(resource) {
-            Some(h) if Instant::now() < h.local_deadline => Ok(h.epoch),
-            held => {
-                let epoch = held.map_or(0, |h| h.epoch);
-                Err(LeaseError::ResourceNotHeld {
+        self.inner
+            .held
+            .live_epoch(resource, Instant::now())
+            .map_err(|epoch| {
+                LeaseError::ResourceNotHeld {
                     resource: resource.into(),
                     agent: self.inner.agent.clone(),
                     epoch,
                     current: epoch,
                 }
-                .into())
-            }
-        }
+                .into()
+            })
     }
 
     /// Whether this keeper holds `resource` at `epoch` (local check, no round trip).
@@ -335,14 +316,7 @@ impl LeaseKeeper {
 
     /// What this keeper holds: (resource, epoch).
     pub fn held(&self) -> Vec<(String, u64)> {
-        let mut held: Vec<_> = self
-            .inner
-            .held
-            .iter()
-            .map(|e| (e.key().clone(), e.epoch))
-            .collect();
-        held.sort();
-        held
+        self.inner.held.list()
     }
 
     /// Lost leases, as they are lost.
@@ -352,7 +326,7 @@ impl LeaseKeeper {
 
     /// Release `resource`.
     pub async fn release(&self, resource: &str) -> Result<()> {
-        let Some((_, held)) = self.inner.held.remove(resource) else {
+        let Some(held) = self.inner.held.take(resource) else {
             return Err(LeaseError::ResourceNotHeld {
                 resource: resource.into(),
                 agent: self.inner.agent.clone(),
@@ -400,103 +374,46 @@ impl LeaseKeeper {
 }
 
 async fn renew_once(inner: &KeeperInner) -> Result<usize> {
-    let held: Vec<(String, Held)> = inner
+    let config = inner.engine.config();
+    let renewal = inner
         .held
-        .iter()
-        .map(|e| (e.key().clone(), *e.value()))
-        .collect();
-    if held.is_empty() {
-        return Ok(0);
-    }
-    let requested_at = Instant::now();
-    let commands = held
-        .iter()
-        .map(|(resource, h)| ResourceCommand::Renew {
-            resource: resource.clone(),
-            agent: inner.agent.clone(),
-            epoch: h.epoch,
-            ttl: h.ttl,
+        .renew_all(&inner.agent, inner.engine.store().as_ref(), |ttl| {
+            config.safety_margin(ttl)
         })
-        .collect();
+        .await;
     let telemetry = &inner.engine.inner.telemetry;
-    let outcome = match inner.engine.store().resources(commands).await {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            telemetry.store_error(&e);
-            telemetry.resource_renewal("error", held.len() as u64);
-            // The store is unreachable: whatever passes its local deadline is lost.
-            for (resource, h) in &held {
-                if Instant::now() >= h.local_deadline && remove_epoch(inner, resource, h.epoch) {
-                    let reason = format!("could not renew before the local deadline: {e}");
-                    let _ = inner.lost.send(LostLease {
-                        resource: resource.clone(),
-                        epoch: h.epoch,
-                        reason,
-                    });
-                }
-            }
-            return Err(e.into());
-        }
-    };
-    for ((resource, h), reply) in held.into_iter().zip(outcome.replies) {
-        match reply {
-            Ok(_) => {
-                telemetry.resource_renewal("renewed", 1);
-                let margin = inner.engine.config().safety_margin(h.ttl);
-                // Only the epoch we renewed: the resource may have been released and
-                // acquired again while the renewal was in flight.
-                if let Some(mut entry) = inner.held.get_mut(&resource)
-                    && entry.epoch == h.epoch
-                {
-                    entry.local_deadline = requested_at + h.ttl - margin;
-                    entry.renewed_at = requested_at;
-                }
-            }
-            Err(e) => {
-                telemetry.resource_renewal("lost", 1);
-                tracing::warn!(%resource, epoch = h.epoch, agent = %inner.agent, error = %e, "resource lease lost");
-                if remove_epoch(inner, &resource, h.epoch) {
-                    let _ = inner.lost.send(LostLease {
-                        resource,
-                        epoch: h.epoch,
-                        reason: e.to_string(),
-                    });
-                }
-            }
-        }
+    if let Some(e) = &renewal.failed {
+        telemetry.store_error(e);
+        telemetry.resource_renewal("error", (renewal.lost.len() + inner.held.len()) as u64);
+    } else {
+        telemetry.resource_renewal("renewed", renewal.renewed);
+        telemetry.resource_renewal("lost", renewal.lost.len() as u64);
     }
-    Ok(inner.held.len())
+    for lost in renewal.lost {
+        tracing::warn!(resource = %lost.resource, epoch = lost.epoch, agent = %inner.agent, reason = %lost.reason, "resource lease lost");
+        let _ = inner.lost.send(lost);
+    }
+    match renewal.failed {
+        Some(e) => Err(e.into()),
+        None => Ok(inner.held.len()),
+    }
 }
 
-/// Forget `resource` if it is still held at `epoch`; a newer acquisition stays.
-fn remove_epoch(inner: &KeeperInner, resource: &str, epoch: u64) -> bool {
-    inner
-        .held
-        .remove_if(resource, |_, held| held.epoch == epoch)
-        .is_some()
-}
-
-async fn renew_loop(inner: std::sync::Weak<KeeperInner>, mut stopped: watch::Receiver<bool>) {
+async fn renew_loop(
+    inner: std::sync::Weak<KeeperInner>,
+    held: Arc<HeldLeases>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    // Hold the keeper itself only while renewing, so dropping it ends this task.
+    let an_hour = Duration::from_secs(3600);
     loop {
-        // Hold the keeper only while working, so dropping it ends this task.
-        let (due, acquired) = {
-            let Some(keeper) = inner.upgrade() else {
-                return;
-            };
-            (
-                keeper.held.iter().map(|e| e.due()).min(),
-                keeper.acquired.clone(),
-            )
-        };
         // Sleep until the first held lease is due (a third of its TTL after its last
         // renewal), or until something new is acquired; then renew everything held at once.
-        let notified = acquired.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let wait = due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let due = held.until_due(|due| {
+            tokio::time::sleep_until(due.unwrap_or_else(|| Instant::now() + an_hour))
+        });
         tokio::select! {
-            _ = tokio::time::sleep_until(wait) => {}
-            _ = &mut notified => continue,
+            due = due => if !due { continue },
             _ = stopped.wait_for(|s| *s) => return,
         }
         let Some(keeper) = inner.upgrade() else {
