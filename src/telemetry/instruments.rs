@@ -326,12 +326,9 @@ const OVERRUN_BUCKETS: &[f64] = &[
 /// Batch-size buckets.
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
-/// The synchronous instruments, created once per engine. (Gauges are registered with
-/// callbacks by [`super::EngineTelemetry`] and need no handle.)
+/// The synchronous instruments, created once per engine. (Gauges and the lease counters
+/// are registered with callbacks by [`super::EngineTelemetry`] and need no handle.)
 pub(crate) struct Instruments {
-    pub(crate) lease_granted: Counter<u64>,
-    pub(crate) lease_committed: Counter<u64>,
-    pub(crate) lease_released: Counter<u64>,
     pub(crate) lease_expired: Counter<u64>,
     pub(crate) lease_renewals: Counter<u64>,
     pub(crate) lease_overrun: Histogram<f64>,
@@ -370,9 +367,6 @@ impl Instruments {
     /// Create every synchronous instrument of [`INSTRUMENTS`] on `meter`.
     pub(crate) fn new(meter: &Meter) -> Self {
         Instruments {
-            lease_granted: counter(meter, LEASE_GRANTED),
-            lease_committed: counter(meter, LEASE_COMMITTED),
-            lease_released: counter(meter, LEASE_RELEASED),
             lease_expired: counter(meter, LEASE_EXPIRED),
             lease_renewals: counter(meter, LEASE_RENEWALS),
             lease_overrun: histogram(meter, LEASE_OVERRUN, OVERRUN_BUCKETS),

@@ -13,9 +13,10 @@
 //! engines in one process record and export independently, and the library never installs
 //! a global meter provider or tracing subscriber.
 //!
-//! The hot path pays for a counter add and a histogram record per grant and commit, with
-//! attribute sets built once per space and projection type and reused; latency comes from
-//! the monotonic clock. Gauges (watermark, lag, in-flight, backlog, queue sizes, load
+//! The hot path pays for a relaxed atomic add (the lease counters, read by observable
+//! counters at collection: [`lease_counts`]) and a histogram record per grant and commit,
+//! with attribute sets built once per space and projection type and reused; latency comes
+//! from the monotonic clock. Gauges (watermark, lag, in-flight, backlog, queue sizes, load
 //! level) are read from values the engine already keeps when the exporter collects; they
 //! cost no store round trip. docs/telemetry.md has the reference table, the export
 //! settings, the alert rules and a runbook per alert.
@@ -24,6 +25,7 @@ mod alerts;
 mod export;
 mod health;
 pub mod instruments;
+mod lease_counts;
 mod trace;
 
 use std::sync::Arc;
@@ -32,7 +34,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{MeterProvider as _, ObservableGauge};
+use opentelemetry::metrics::{MeterProvider as _, ObservableCounter, ObservableGauge};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use seqlease_core::{
     CommitOutcome, CommitStatus, InvalidInput, LeaseError, ReleaseOutcome, SpaceInfo, SpaceName,
@@ -49,6 +51,7 @@ use crate::barrier::{SpaceSignals, Spaces};
 use crate::error::Error;
 use alerts::{Counts, Evaluator, Observed, bump};
 use instruments::Instruments;
+use lease_counts::TypeCounts;
 
 type Map<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
 
@@ -68,8 +71,8 @@ pub(crate) struct SpaceTelemetry {
     in_flight: AtomicI64,
     /// Expired slots at the last cleanup cycle (`UNSET_U64`: none ran here).
     backlog: AtomicU64,
-    /// `[space, projection_type]` per projection type.
-    by_type: Map<String, Arc<[KeyValue; 2]>>,
+    /// Attributes and lease counters per projection type.
+    by_type: Map<String, Arc<TypeCounts>>,
     /// `[space, reason]` for expired, released, superseded.
     gap_kv: [[KeyValue; 2]; 3],
     /// `[space, result]` for renewed, failed.
@@ -88,7 +91,7 @@ pub(crate) enum GapKind {
 #[derive(Clone)]
 pub(crate) struct LeaseTelemetry {
     pub(crate) space: Arc<SpaceTelemetry>,
-    kv: Arc<[KeyValue; 2]>,
+    counts: Arc<TypeCounts>,
 }
 
 impl std::fmt::Debug for LeaseTelemetry {
@@ -126,6 +129,7 @@ pub(crate) struct EngineTelemetry {
     owns_provider: bool,
     store_kv: [KeyValue; 1],
     _gauges: Vec<ObservableGauge<u64>>,
+    _counters: Vec<ObservableCounter<u64>>,
 }
 
 impl EngineTelemetry {
@@ -158,15 +162,16 @@ impl EngineTelemetry {
             last_cycle: AtomicI64::new(UNSET_I64),
             last_backlog: AtomicU64::new(UNSET_U64),
         });
-        let (instruments, gauges) = match &provider {
+        let (instruments, gauges, counters) = match &provider {
             Some(p) => {
                 let meter = p.meter(METER_NAME);
                 (
                     Some(Instruments::new(&meter)),
                     register_gauges(&meter, &shared),
+                    lease_counts::register(&meter, &shared),
                 )
             }
-            None => (None, Vec::new()),
+            None => (None, Vec::new(), Vec::new()),
         };
         let mut evaluator = Evaluator::new(thresholds);
         evaluator.sample(now, shared.counts.snapshot(), &Observed::default());
@@ -179,6 +184,7 @@ impl EngineTelemetry {
             owns_provider,
             store_kv: [KeyValue::new("store", backend)],
             _gauges: gauges,
+            _counters: counters,
         })
     }
 
@@ -238,27 +244,27 @@ impl EngineTelemetry {
     /// The attributes a lease of `projection_type` in `space` records with.
     pub(crate) fn lease(&self, space: &SpaceName, projection_type: &str) -> LeaseTelemetry {
         let space = self.space(space);
-        let kv = match space.by_type.get(projection_type) {
-            Some(kv) => kv.clone(),
+        let counts = match space.by_type.get(projection_type) {
+            Some(counts) => counts.clone(),
             None => space
                 .by_type
                 .entry(projection_type.to_string())
                 .or_insert_with(|| {
-                    Arc::new([
+                    Arc::new(TypeCounts::new([
                         space.space_kv[0].clone(),
                         KeyValue::new("projection_type", projection_type.to_string()),
-                    ])
+                    ]))
                 })
                 .clone(),
         };
-        LeaseTelemetry { space, kv }
+        LeaseTelemetry { space, counts }
     }
 
     // ---- the lease life cycle (hot path) ----
 
     pub(crate) fn granted(&self, lease: &LeaseTelemetry, seq: u64, took: Duration) {
+        lease.counts.granted.fetch_add(1, Ordering::Relaxed);
         if let Some(i) = &self.instruments {
-            i.lease_granted.add(1, &lease.kv[..]);
             i.grant_duration
                 .record(took.as_secs_f64(), &lease.space.space_kv);
         }
@@ -282,16 +288,12 @@ impl EngineTelemetry {
             CommitStatus::Duplicate { .. } => self.gap(&lease.space, GapKind::Superseded),
             CommitStatus::Committed => {}
         }
-        if let Some(i) = &self.instruments {
-            i.lease_committed.add(1, &lease.kv[..]);
-        }
+        lease.counts.committed.fetch_add(1, Ordering::Relaxed);
         lease.space.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub(crate) fn released(&self, lease: &LeaseTelemetry, outcome: ReleaseOutcome) {
-        if let Some(i) = &self.instruments {
-            i.lease_released.add(1, &lease.kv[..]);
-        }
+        lease.counts.released.fetch_add(1, Ordering::Relaxed);
         if outcome == ReleaseOutcome::Gap {
             self.gap(&lease.space, GapKind::Released);
             lease.space.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -340,8 +342,9 @@ impl EngineTelemetry {
     /// A cleaner claimed an expired slot for the first time, `overrun` after its expiry.
     pub(crate) fn expired(&self, lease: &LeaseTelemetry, overrun: Duration) {
         if let Some(i) = &self.instruments {
-            i.lease_expired.add(1, &lease.kv[..]);
-            i.lease_overrun.record(overrun.as_secs_f64(), &lease.kv[..]);
+            i.lease_expired.add(1, &lease.counts.kv);
+            i.lease_overrun
+                .record(overrun.as_secs_f64(), &lease.counts.kv);
         }
         bump(&self.shared.counts.expired, 1);
     }
