@@ -43,6 +43,7 @@
 //! ```
 //!
 //! The modules: `open` (connections, pragmas, migrations), `writer` (the write thread),
+//! `checkpoint` (WAL checkpoints on a thread of their own, off the write path),
 //! `execute` (the batch transaction), `read` (the ordered log and slots), `spaces` (space
 //! rows), `recovery` (claims on expired slots, resolving them, the queue of parked work),
 //! `resources` (resource leases with epochs; their fences are checked by `execute`),
@@ -51,6 +52,7 @@
 
 #![warn(missing_docs)]
 
+mod checkpoint;
 mod codec;
 mod consumers;
 mod error;

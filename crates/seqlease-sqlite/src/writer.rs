@@ -24,6 +24,7 @@ use seqlease_core::StoreError;
 use tokio::sync::oneshot;
 
 use crate::SqliteOptions;
+use crate::checkpoint::{Checkpointer, WRITER_AUTOCHECKPOINT};
 use crate::error::{BACKEND, WriteError, map_rusqlite};
 
 /// Prepared statements kept by the write connection; the write path has about a dozen.
@@ -64,12 +65,15 @@ impl Writer {
             busy_timeout: opts.busy_timeout,
             synchronous_full: opts.synchronous_full,
         };
+        // Started from here, not from the write thread: a new thread shows its parent's
+        // name until it sets its own, and only write threads are named sqlite-writer.
+        let checkpointer = Checkpointer::start(path);
         std::thread::Builder::new()
             .name("sqlite-writer".to_string())
             .spawn(move || match config.connect() {
                 Ok(conn) => {
                     if ready_tx.send(Ok(())).is_ok() {
-                        serve(conn, rx);
+                        serve(conn, rx, checkpointer);
                     }
                 }
                 Err(e) => {
@@ -176,13 +180,20 @@ impl Config {
             .map_err(map)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(map)?;
+        // Checkpoints run on their own thread (`checkpoint`); this is the backstop.
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT)
+            .map_err(map)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(conn)
     }
 }
 
 /// The write thread: run jobs in order until closed or every sender is gone.
-fn serve(mut conn: Connection, jobs: mpsc::Receiver<Message>) {
+fn serve(
+    mut conn: Connection,
+    jobs: mpsc::Receiver<Message>,
+    mut checkpointer: Option<Checkpointer>,
+) {
     let mut ack = None;
     while let Ok(message) = jobs.recv() {
         match message {
@@ -197,6 +208,9 @@ fn serve(mut conn: Connection, jobs: mpsc::Receiver<Message>) {
                 {
                     tracing::warn!(error = %e, "rolling back a failed sqlite write transaction failed");
                 }
+                if let Some(c) = &mut checkpointer {
+                    c.committed();
+                }
             }
             Message::Close(done) => {
                 ack = Some(done);
@@ -204,6 +218,7 @@ fn serve(mut conn: Connection, jobs: mpsc::Receiver<Message>) {
             }
         }
     }
+    drop(checkpointer); // stops and joins the checkpoint thread first
     if let Err((_, e)) = conn.close() {
         tracing::warn!(error = %e, "closing the sqlite write connection failed");
     }

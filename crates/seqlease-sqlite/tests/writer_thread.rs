@@ -1,5 +1,6 @@
-//! The write thread's life: each open store has one, `close()` ends it, and so does
-//! dropping the last clone of a store that was never closed (no leaked threads).
+//! The write thread's life, and its checkpoint thread's: each open store has one of each,
+//! `close()` ends them, and so does dropping the last clone of a store that was never
+//! closed (no leaked threads).
 //!
 //! Threads are counted by name in `/proc/self/task` (Linux), so this file holds a single
 //! test: no other test's stores run in its process.
@@ -13,30 +14,35 @@ use seqlease_core::{
 };
 use seqlease_sqlite::{SqliteOptions, SqliteStore};
 
-/// Threads of this process named like the store's write thread.
-fn write_threads() -> usize {
+/// Threads of this process named `name` (Linux keeps the first 15 bytes).
+fn threads(name: &str) -> usize {
     std::fs::read_dir("/proc/self/task")
         .expect("/proc/self/task lists this process's threads")
         .filter_map(Result::ok)
         .filter(|task| {
             std::fs::read_to_string(task.path().join("comm"))
-                .is_ok_and(|name| name.trim_end() == "sqlite-writer")
+                .is_ok_and(|comm| comm.trim_end() == &name[..name.len().min(15)])
         })
         .count()
 }
 
-/// Wait until `expected` write threads are left: a thread ends just after it acknowledged
-/// the close or saw its channel close. Generous bound, no timing assertion.
+/// (write threads, checkpoint threads).
+fn store_threads() -> (usize, usize) {
+    (threads("sqlite-writer"), threads("sqlite-checkpoint"))
+}
+
+/// Wait until `expected` stores' threads are left: a thread ends just after it
+/// acknowledged the close or saw its channel close. Generous bound, no timing assertion.
 async fn until_threads(expected: usize) {
     for _ in 0..1000 {
-        if write_threads() == expected {
+        if store_threads() == (expected, expected) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!(
-        "expected {expected} sqlite write threads, found {}",
-        write_threads()
+        "expected {expected} sqlite write and checkpoint threads, found {:?}",
+        store_threads()
     );
 }
 
@@ -59,10 +65,11 @@ async fn close_and_drop_end_the_write_thread() {
         clock: Arc::new(ManualClock::new()),
         ..SqliteOptions::default()
     };
-    assert_eq!(write_threads(), 0);
+    assert_eq!(store_threads(), (0, 0));
     let a = SqliteStore::open(&path, options()).await.expect("open a");
     let b = SqliteStore::open(&path, options()).await.expect("open b");
-    assert_eq!(write_threads(), 2, "one write thread per open store");
+    // A new thread shows its parent's name until it sets its own: wait for the names.
+    until_threads(2).await; // one write and one checkpoint thread per open store
 
     let space = SpaceName::new("threads").expect("name");
     a.ensure_space(&space, &SpaceConfig { capacity: 10 })
@@ -94,7 +101,7 @@ async fn close_and_drop_end_the_write_thread() {
         .expect("b still writes");
     assert!(matches!(out.replies[0], Ok(Reply::Granted(_))));
     drop(b);
-    assert_eq!(write_threads(), 1, "a clone keeps the store open");
+    assert_eq!(store_threads(), (1, 1), "a clone keeps the store open");
     drop(clone);
     until_threads(0).await;
 }

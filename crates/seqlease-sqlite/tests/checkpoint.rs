@@ -1,0 +1,61 @@
+//! WAL checkpoints run on the store's checkpoint thread, not only when the log reaches the
+//! write connection's backstop threshold (10,000 pages).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use seqlease_core::{Command, GrantRequest, ManualClock, SpaceConfig, SpaceName, Store};
+use seqlease_sqlite::{SqliteOptions, SqliteStore};
+
+fn grant(space: &SpaceName, op: String) -> Command {
+    Command::Grant(GrantRequest {
+        space: space.clone(),
+        operation_id: op,
+        projection_type: "t".to_string(),
+        owner: "w".to_string(),
+        ttl: Duration::from_secs(30),
+        fence: None,
+    })
+}
+
+#[tokio::test]
+async fn committed_pages_reach_the_database_file_without_the_writer_checkpointing() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let path = dir.path().join("checkpoint.db");
+    let store = SqliteStore::open(
+        &path,
+        SqliteOptions {
+            clock: Arc::new(ManualClock::new()),
+            ..SqliteOptions::default()
+        },
+    )
+    .await
+    .expect("open");
+    let space = SpaceName::new("checkpoints").expect("name");
+    store
+        .ensure_space(&space, &SpaceConfig { capacity: 100_000 })
+        .await
+        .expect("space");
+    let before = std::fs::metadata(&path).expect("db file").len();
+    // 256 transactions of 64 grants: a few thousand WAL pages, well under the backstop.
+    for batch in 0..256 {
+        let commands = (0..64)
+            .map(|i| grant(&space, format!("op-{batch}-{i}")))
+            .collect();
+        store.execute(commands).await.expect("batch");
+    }
+    // The checkpoint thread copies the log back into the database file as it goes.
+    let mut after = before;
+    for _ in 0..1000 {
+        after = std::fs::metadata(&path).expect("db file").len();
+        if after > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        after > before,
+        "the database file stayed at {before} bytes: no checkpoint ran"
+    );
+    store.close().await;
+}
