@@ -15,7 +15,7 @@ mod barrier;
 mod group_commit;
 mod keeper;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use seqlease_core::{
@@ -44,6 +44,8 @@ struct SlowStore {
     max_running: AtomicUsize,
     /// Largest batch.
     max_batch: AtomicUsize,
+    /// Fail the next batch, applying nothing (a dropped connection).
+    fail_next: AtomicBool,
 }
 
 impl SlowStore {
@@ -58,6 +60,7 @@ impl SlowStore {
             running: AtomicUsize::new(0),
             max_running: AtomicUsize::new(0),
             max_batch: AtomicUsize::new(0),
+            fail_next: AtomicBool::new(false),
         }
     }
 
@@ -104,8 +107,18 @@ impl Store for SlowStore {
     }
 
     async fn execute(&self, commands: Vec<Command>) -> Result<BatchOutcome, StoreError> {
-        self.round_trip(commands.len(), self.inner.execute(commands))
-            .await
+        let len = commands.len();
+        if self.fail_next.swap(false, Ordering::SeqCst) {
+            return self
+                .round_trip(len, async {
+                    Err(StoreError::Unavailable {
+                        backend: "memory",
+                        detail: "the connection dropped (injected)".into(),
+                    })
+                })
+                .await;
+        }
+        self.round_trip(len, self.inner.execute(commands)).await
     }
 
     async fn read(
