@@ -34,23 +34,27 @@ pub(crate) struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Start the thread with its own connection to `path`. `None` (and a warning) if it
-    /// cannot start: the writer's autocheckpoint then does all checkpoints.
+    /// Start the thread; it opens its own connection to `path`. `None` (and a warning) if
+    /// the thread cannot start; if the connection cannot open, the thread warns and ends.
+    /// Either way the writer's autocheckpoint then does all checkpoints.
     pub(crate) fn start(path: &Path) -> Option<Checkpointer> {
-        let conn = match Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        ) {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot open the sqlite checkpoint connection; checkpoints stay on the write thread");
-                return None;
-            }
-        };
         let (nudges, rx) = mpsc::sync_channel(1);
+        let path = path.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("sqlite-checkpoint".to_string())
-            .spawn(move || serve(conn, rx));
+            .spawn(move || {
+                // Opened here, not by the caller: opening is blocking file I/O, and the
+                // caller is on the async runtime.
+                match Connection::open_with_flags(
+                    &path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                ) {
+                    Ok(conn) => serve(conn, rx),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot open the sqlite checkpoint connection; checkpoints stay on the write thread");
+                    }
+                }
+            });
         match thread {
             Ok(thread) => Some(Checkpointer {
                 nudges: Some(nudges),
