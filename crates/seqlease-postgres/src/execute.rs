@@ -782,7 +782,10 @@ impl Batch {
 
 /// The one write statement of a batch. Data-modifying CTEs all see the snapshot taken when
 /// the statement starts, so the watermark subquery excludes the slots this statement
-/// resolves ($44/$45) and adds the lowest slot granted here that is still LEASED ($50).
+/// resolves ($44/$45) and adds the lowest slot granted here that is still LEASED ($50). It
+/// scans the partial index from the stored watermark up (every slot at or below it is
+/// resolved): the index keeps an entry for every slot ever leased until VACUUM removes it,
+/// and a scan from the space's first seq would walk the whole history each batch.
 const WRITE_SQL: &str = "\
 WITH ins AS (
   INSERT INTO slots (space_id, seq, state, token, operation_id, projection_type, owner,
@@ -822,7 +825,7 @@ WITH ins AS (
     watermark = CASE WHEN x.freed = 0 THEN p.watermark ELSE GREATEST(p.watermark, COALESCE(
       LEAST(
         (SELECT min(s.seq) FROM slots s
-          WHERE s.space_id = p.id AND s.state = 0
+          WHERE s.space_id = p.id AND s.state = 0 AND s.seq > p.watermark
             AND NOT EXISTS (SELECT 1 FROM res WHERE res.space_id = s.space_id AND res.seq = s.seq)),
         x.min_new) - 1,
       x.last_seq)) END

@@ -475,7 +475,8 @@ pub(crate) async fn write_spaces(
              last_seq = x.last_seq,
              in_flight = x.in_flight,
              watermark = GREATEST(p.watermark, COALESCE(
-               (SELECT min(s.seq) FROM slots s WHERE s.space_id = p.id AND s.state = 0) - 1,
+               (SELECT min(s.seq) FROM slots s WHERE s.space_id = p.id AND s.state = 0
+                                                  AND s.seq > p.watermark) - 1,
                x.last_seq))
            FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::int[])
                 AS x(id, last_seq, in_flight, freed),
