@@ -22,6 +22,31 @@ use crate::error::{Error, Result};
 use crate::telemetry::EngineTelemetry;
 
 type ReplyTx = oneshot::Sender<Result<Reply>>;
+type RunReplies = std::result::Result<Vec<std::result::Result<Reply, LeaseError>>, StoreError>;
+
+/// A caller's request in the queue: one command, or a run of commands (`Space::grant_many`,
+/// a heartbeat's renewals) that is never split across batches, so a run of grants gets
+/// consecutive seqs and one store transaction.
+enum Pending {
+    One(Command, ReplyTx),
+    Run(Vec<Command>, oneshot::Sender<RunReplies>),
+}
+
+/// Where a batch's replies go, in command order.
+enum Sender {
+    One(ReplyTx),
+    /// The next `n` replies, as one answer.
+    Run(usize, oneshot::Sender<RunReplies>),
+}
+
+impl Pending {
+    fn commands(&self) -> usize {
+        match self {
+            Pending::One(..) => 1,
+            Pending::Run(commands, _) => commands.len(),
+        }
+    }
+}
 
 /// Starts a background task: `tokio::spawn` in the engine; the schedule checks
 /// (`src/schedules`) pass shuttle's, so they run this very code under shuttle's scheduler.
@@ -35,7 +60,7 @@ fn tokio_spawn(task: BoxFuture<'static, ()>) {
 pub(crate) struct Dispatcher {
     store: Arc<dyn Store>,
     spaces: Arc<Spaces>,
-    queue: Option<mpsc::UnboundedSender<(Command, ReplyTx)>>,
+    queue: Option<mpsc::UnboundedSender<Pending>>,
     pub(crate) stats: Arc<BatchStats>,
 }
 
@@ -116,7 +141,9 @@ impl Dispatcher {
         match &self.queue {
             Some(queue) => {
                 let (tx, rx) = oneshot::channel();
-                queue.send((command, tx)).map_err(|_| Error::Closed)?;
+                queue
+                    .send(Pending::One(command, tx))
+                    .map_err(|_| Error::Closed)?;
                 rx.await.map_err(|_| Error::Closed)?
             }
             None => {
@@ -131,11 +158,33 @@ impl Dispatcher {
         }
     }
 
-    /// Apply `commands` as one batch of their own (already a batch: no coalescing).
-    pub(crate) async fn many(
-        &self,
-        commands: Vec<Command>,
-    ) -> Result<Vec<Result<Reply, LeaseError>>, StoreError> {
+    /// Apply `commands` together, in one store transaction. With group commit on they join
+    /// the queue as one run, so concurrent runs and single commands still share batches
+    /// (before, each run was a transaction of its own: 32 workers calling `grant_many` were
+    /// 32 transactions queueing on one space's row lock in PostgreSQL).
+    pub(crate) async fn many(&self, commands: Vec<Command>) -> RunReplies {
+        if let Some(queue) = &self.queue {
+            let (tx, rx) = oneshot::channel();
+            match queue.send(Pending::Run(commands, tx)) {
+                Ok(()) => {
+                    return rx.await.unwrap_or_else(|_| {
+                        Err(StoreError::Unavailable {
+                            backend: self.store.backend(),
+                            detail: "the engine's group-commit task stopped before answering (is the tokio runtime shutting down?)".into(),
+                        })
+                    });
+                }
+                // The batching task is gone: apply the run directly, as without group commit.
+                Err(mpsc::error::SendError(Pending::Run(commands, _))) => {
+                    return self.direct(commands).await;
+                }
+                Err(_) => unreachable!("a run was sent"),
+            }
+        }
+        self.direct(commands).await
+    }
+
+    async fn direct(&self, commands: Vec<Command>) -> RunReplies {
         let outcome = self.store.execute(commands).await?;
         self.spaces.apply_progress(&outcome.progress);
         Ok(outcome.replies)
@@ -193,33 +242,65 @@ impl BatchStats {
 }
 
 impl BatchTask {
-    async fn run(self, mut rx: mpsc::UnboundedReceiver<(Command, ReplyTx)>) {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Pending>) {
         let this = Arc::new(self);
-        let mut buffer = Vec::with_capacity(this.max_batch);
-        // `recv_many` takes everything queued (up to max_batch) in one go, waiting only when
-        // nothing is queued. Callers woken by the previous batch's replies are often still
-        // on their way back with their next command: one yield lets those that are ready
-        // run first, so the batch takes them too (measured: see docs/benchmarks.md).
-        while rx.recv_many(&mut buffer, this.max_batch).await > 0 {
-            if buffer.len() < this.max_batch {
+        let mut buffer: Vec<Pending> = Vec::with_capacity(this.max_batch);
+        // Requests that did not fit the last batch, in queue order: they start the next.
+        let mut carried: Vec<Pending> = Vec::new();
+        loop {
+            // `recv_many` takes everything queued (up to max_batch) in one go, waiting only
+            // when nothing is queued.
+            if carried.is_empty() {
+                if rx.recv_many(&mut buffer, this.max_batch).await == 0 {
+                    break;
+                }
+            } else {
+                buffer.append(&mut carried);
+            }
+            let mut commands: usize = buffer.iter().map(Pending::commands).sum();
+            if commands < this.max_batch {
+                // Callers woken by the previous batch's replies are often still on their way
+                // back with their next command: one yield lets those that are ready run
+                // first, so the batch takes them too (measured: see docs/benchmarks.md).
                 tokio::task::yield_now().await;
-                while buffer.len() < this.max_batch {
+                while commands < this.max_batch {
                     #[cfg(test)]
                     if this.mutation == Some(Mutation::DrainWaits) {
                         match rx.recv().await {
-                            Some(item) => buffer.push(item),
+                            Some(item) => {
+                                commands += item.commands();
+                                buffer.push(item);
+                            }
                             None => break,
                         }
                         continue;
                     }
                     match rx.try_recv() {
-                        Ok(item) => buffer.push(item),
+                        Ok(item) => {
+                            commands += item.commands();
+                            buffer.push(item);
+                        }
                         Err(_) => break,
                     }
                 }
             }
-            this.stats.record(buffer.len());
-            this.telemetry.batch(buffer.len());
+            // At most max_batch commands (a longer run goes alone): the requests from the
+            // first that overflows on wait for the next batch, in order.
+            if commands > this.max_batch {
+                let mut taken = 0;
+                let fit = buffer
+                    .iter()
+                    .position(|p| {
+                        taken += p.commands();
+                        taken > this.max_batch
+                    })
+                    .unwrap_or(buffer.len())
+                    .max(1);
+                carried = buffer.split_off(fit);
+                commands -= carried.iter().map(Pending::commands).sum::<usize>();
+            }
+            this.stats.record(commands);
+            this.telemetry.batch(commands);
             let batch = std::mem::replace(&mut buffer, Vec::with_capacity(this.max_batch));
             if this.inline {
                 // Single-writer stores: run inline; the next batch queues up meanwhile.
@@ -242,20 +323,50 @@ impl BatchTask {
         }
     }
 
-    async fn execute(&self, batch: Vec<(Command, ReplyTx)>) {
-        let (commands, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+    async fn execute(&self, batch: Vec<Pending>) {
+        let mut commands = Vec::with_capacity(batch.len());
+        let mut senders = Vec::with_capacity(batch.len());
+        for pending in batch {
+            match pending {
+                Pending::One(command, tx) => {
+                    commands.push(command);
+                    senders.push(Sender::One(tx));
+                }
+                Pending::Run(run, tx) => {
+                    senders.push(Sender::Run(run.len(), tx));
+                    commands.extend(run);
+                }
+            }
+        }
         match self.store.execute(commands).await {
             Ok(BatchOutcome { replies, progress }) => {
                 self.spaces.apply_progress(&progress);
-                for (tx, reply) in senders.into_iter().zip(replies) {
-                    // A caller that gave up is no reason to stop serving the others.
-                    let _ = tx.send(reply.map_err(Error::from));
+                let mut replies = replies.into_iter();
+                // A caller that gave up is no reason to stop serving the others.
+                for sender in senders {
+                    match sender {
+                        Sender::One(tx) => {
+                            if let Some(reply) = replies.next() {
+                                let _ = tx.send(reply.map_err(Error::from));
+                            }
+                        }
+                        Sender::Run(n, tx) => {
+                            let _ = tx.send(Ok(replies.by_ref().take(n).collect()));
+                        }
+                    }
                 }
             }
             Err(e) => {
                 tracing::warn!(backend = self.store.backend(), error = %e, "group commit batch failed; every command in it was rolled back");
-                for tx in senders {
-                    let _ = tx.send(Err(Error::Store(e.clone())));
+                for sender in senders {
+                    match sender {
+                        Sender::One(tx) => {
+                            let _ = tx.send(Err(Error::Store(e.clone())));
+                        }
+                        Sender::Run(_, tx) => {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                    }
                 }
             }
         }

@@ -46,6 +46,8 @@ struct SlowStore {
     max_batch: AtomicUsize,
     /// Fail the next batch, applying nothing (a dropped connection).
     fail_next: AtomicBool,
+    /// The operation ids of every batch's grants, in order.
+    grant_batches: std::sync::Mutex<Vec<Vec<String>>>,
 }
 
 impl SlowStore {
@@ -61,6 +63,7 @@ impl SlowStore {
             max_running: AtomicUsize::new(0),
             max_batch: AtomicUsize::new(0),
             fail_next: AtomicBool::new(false),
+            grant_batches: std::sync::Mutex::default(),
         }
     }
 
@@ -108,6 +111,14 @@ impl Store for SlowStore {
 
     async fn execute(&self, commands: Vec<Command>) -> Result<BatchOutcome, StoreError> {
         let len = commands.len();
+        let grants = commands.iter().filter_map(|c| match c {
+            Command::Grant(g) => Some(g.operation_id.clone()),
+            _ => None,
+        });
+        self.grant_batches
+            .lock()
+            .expect("not poisoned")
+            .push(grants.collect());
         if self.fail_next.swap(false, Ordering::SeqCst) {
             return self
                 .round_trip(len, async {
