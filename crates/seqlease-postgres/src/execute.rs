@@ -783,9 +783,10 @@ impl Batch {
 /// The one write statement of a batch. Data-modifying CTEs all see the snapshot taken when
 /// the statement starts, so the watermark subquery excludes the slots this statement
 /// resolves ($44/$45) and adds the lowest slot granted here that is still LEASED ($50). It
-/// scans the partial index from the stored watermark up (every slot at or below it is
-/// resolved): the index keeps an entry for every slot ever leased until VACUUM removes it,
-/// and a scan from the space's first seq would walk the whole history each batch.
+/// walks the partial index from the stored watermark up (every slot at or below it is
+/// resolved) and stops at the first slot still LEASED: the index keeps an entry for every
+/// slot ever leased until VACUUM removes it, and `min(seq)` with the anti-join cannot stop
+/// early, so it checked every lease in flight against every slot resolved here.
 const WRITE_SQL: &str = "\
 WITH ins AS (
   INSERT INTO slots (space_id, seq, state, token, operation_id, projection_type, owner,
@@ -824,9 +825,10 @@ WITH ins AS (
     in_flight = x.in_flight,
     watermark = CASE WHEN x.freed = 0 THEN p.watermark ELSE GREATEST(p.watermark, COALESCE(
       LEAST(
-        (SELECT min(s.seq) FROM slots s
+        (SELECT s.seq FROM slots s
           WHERE s.space_id = p.id AND s.state = 0 AND s.seq > p.watermark
-            AND NOT EXISTS (SELECT 1 FROM res WHERE res.space_id = s.space_id AND res.seq = s.seq)),
+            AND NOT EXISTS (SELECT 1 FROM res WHERE res.space_id = s.space_id AND res.seq = s.seq)
+          ORDER BY s.seq LIMIT 1),
         x.min_new) - 1,
       x.last_seq)) END
   FROM unnest($46::bigint[], $47::bigint[], $48::bigint[], $49::int[], $50::bigint[])
