@@ -1,6 +1,7 @@
 //! `seqlease bench`: end-to-end load on a store, with a baseline measured in the same run.
 //!
-//! N workers each loop grant → commit for the given duration. Commit latency (call to
+//! N workers each loop grant → commit for the given duration (one lease per round, or
+//! `--leases K`: K granted in one call and committed concurrently). Commit latency (call to
 //! return) and grant latency go into HDR histograms. With `--baseline` the same run also
 //! measures the floor the store sits on, so the figure is a ratio, not a number from a noisy
 //! shared machine:
@@ -42,6 +43,11 @@ pub struct Args {
     /// Seconds of load.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
+    /// Leases each worker holds per round: 1 grants one lease and commits it; more grants
+    /// them in one call (`Space::grant_many`) and commits them concurrently, the way a
+    /// projection worker that claims a run of events works.
+    #[arg(long, default_value_t = 1)]
+    leases: usize,
     /// Payload bytes per operation.
     #[arg(long, default_value_t = 64)]
     payload: usize,
@@ -134,6 +140,10 @@ fn histogram() -> Histogram<u64> {
 pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     anyhow::ensure!(args.workers >= 1, "--workers must be at least 1");
     anyhow::ensure!(
+        (1..=256).contains(&args.leases),
+        "--leases must be in 1..=256"
+    );
+    anyhow::ensure!(
         args.duration > 0.0 && args.duration <= 3600.0,
         "--duration must be in (0, 3600] seconds"
     );
@@ -159,13 +169,13 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
-    let capacity = (args.workers as u32 * 4).max(64);
+    let capacity = (args.workers as u32 * args.leases as u32 * 4).max(64);
     let space = engine
         .space_with(&format!("bench-{ms}"), SpaceConfig { capacity })
         .await?;
     eprintln!(
-        "bench: {} workers for {:.1} s on {backend} ({})",
-        args.workers, args.duration, args.db
+        "bench: {} workers × {} lease(s) for {:.1} s on {backend} ({})",
+        args.workers, args.leases, args.duration, args.db
     );
 
     let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -184,6 +194,7 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = Vec::new();
+    let leases_per_round = args.leases as u64;
     for w in 0..args.workers {
         let (space, payload, total) = (space.clone(), payload.clone(), total.clone());
         tasks.push(tokio::spawn(async move {
@@ -194,23 +205,36 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             };
             let owner = format!("bench-{w}");
             while Instant::now() < deadline {
+                let grant = |n: u64| {
+                    Grant::new(format!("w{w}-{n}"), "bench")
+                        .owner(&owner)
+                        .wait(Duration::from_secs(30))
+                };
                 let t0 = Instant::now();
-                let mut lease = space
-                    .grant(
-                        Grant::new(format!("w{w}-{}", stats.cycles), "bench")
-                            .owner(&owner)
-                            .wait(Duration::from_secs(30)),
-                    )
-                    .await?;
+                let leases = if leases_per_round == 1 {
+                    vec![space.grant(grant(stats.cycles)).await?]
+                } else {
+                    let round = (stats.cycles..stats.cycles + leases_per_round).map(grant);
+                    space
+                        .grant_many(round.collect())
+                        .await?
+                        .into_iter()
+                        .collect::<Result<Vec<_>, _>>()?
+                };
                 let t1 = Instant::now();
-                lease
-                    .commit(OperationBody::new("bench", payload.clone()))
-                    .await?;
-                let t2 = Instant::now();
                 stats.grant.saturating_record(micros(t1 - t0));
-                stats.commit.saturating_record(micros(t2 - t1));
-                stats.cycles += 1;
-                total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let commits = leases.into_iter().map(|mut lease| {
+                    let body = OperationBody::new("bench", payload.clone());
+                    async move {
+                        lease.commit(body).await?;
+                        anyhow::Ok(Instant::now())
+                    }
+                });
+                for done in futures::future::try_join_all(commits).await? {
+                    stats.commit.saturating_record(micros(done - t1));
+                }
+                stats.cycles += leases_per_round;
+                total.fetch_add(leases_per_round, std::sync::atomic::Ordering::Relaxed);
             }
             anyhow::Ok(stats)
         }));
@@ -242,6 +266,7 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let summary = json!({
         "store": backend,
         "workers": args.workers,
+        "leases_per_worker": args.leases,
         "duration_s": elapsed.as_secs_f64(),
         "cycles": cycles,
         "cycles_per_sec": cycles_per_sec.round() as u64,
@@ -264,8 +289,9 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         println!("{summary}");
     } else {
         println!(
-            "store        {backend}, {} workers, {:.2} s",
+            "store        {backend}, {} workers × {} lease(s), {:.2} s",
             args.workers,
+            args.leases,
             elapsed.as_secs_f64()
         );
         println!(
