@@ -169,7 +169,9 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
-    let capacity = (args.workers as u32 * args.leases as u32 * 4).max(64);
+    let capacity = u32::try_from(args.workers.saturating_mul(args.leases).saturating_mul(4))
+        .unwrap_or(u32::MAX)
+        .max(64);
     let space = engine
         .space_with(&format!("bench-{ms}"), SpaceConfig { capacity })
         .await?;
