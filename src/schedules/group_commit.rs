@@ -56,6 +56,17 @@ fn dispatcher(
     })
 }
 
+/// A slow store with one space, and the barrier state a dispatcher reports progress to.
+async fn setup(max_batch: usize, max_in_flight: usize) -> (Arc<SlowStore>, SpaceName, Arc<Spaces>) {
+    let store = Arc::new(SlowStore::new(max_batch, max_in_flight));
+    let space = name();
+    store
+        .ensure_space(&space, &SpaceConfig::default())
+        .await
+        .expect("space");
+    (store, space, Arc::new(Spaces::default()))
+}
+
 fn grant(space: &SpaceName, operation_id: &str) -> Command {
     Command::Grant(GrantRequest {
         space: space.clone(),
@@ -94,13 +105,7 @@ impl Seen {
 /// that were in the store at once and the largest batch.
 fn scenario(max_batch: usize, max_in_flight: usize, mutation: Option<Mutation>) -> (usize, usize) {
     block_on(async move {
-        let store = Arc::new(SlowStore::new(max_batch, max_in_flight));
-        let space = name();
-        store
-            .ensure_space(&space, &SpaceConfig::default())
-            .await
-            .expect("space");
-        let spaces = Arc::new(Spaces::default());
+        let (store, space, spaces) = setup(max_batch, max_in_flight).await;
         let signals = spaces.signals(&space, 0);
         let dispatcher = dispatcher(&store, &spaces, mutation);
         let callers: Vec<_> = (0..CALLERS)
@@ -208,14 +213,8 @@ fn shuttle_group_commit_single_writer_runs_batches_inline() {
 /// Returns how many callers that batch held.
 fn failure_scenario() -> usize {
     block_on(async move {
-        let store = Arc::new(SlowStore::new(3, 1));
-        let space = name();
-        store
-            .ensure_space(&space, &SpaceConfig::default())
-            .await
-            .expect("space");
+        let (store, space, spaces) = setup(3, 1).await;
         store.fail_next.store(true, Ordering::SeqCst);
-        let spaces = Arc::new(Spaces::default());
         let dispatcher = dispatcher(&store, &spaces, None);
         let callers: Vec<_> = (0..CALLERS)
             .map(|caller| {
@@ -279,13 +278,7 @@ fn shuttle_finds_the_seeded_batch_that_waits_for_more() {
 fn runs_scenario(max_batch: usize, max_in_flight: usize) -> usize {
     const RUNS: [usize; 2] = [2, 4];
     block_on(async move {
-        let store = Arc::new(SlowStore::new(max_batch, max_in_flight));
-        let space = name();
-        store
-            .ensure_space(&space, &SpaceConfig::default())
-            .await
-            .expect("space");
-        let spaces = Arc::new(Spaces::default());
+        let (store, space, spaces) = setup(max_batch, max_in_flight).await;
         let dispatcher = dispatcher(&store, &spaces, None);
         let mut tasks = Vec::new();
         for (run, len) in RUNS.into_iter().enumerate() {
