@@ -46,6 +46,13 @@ impl Pending {
             Pending::Run(commands, _) => commands.len(),
         }
     }
+
+    fn into_commands(self) -> Vec<Command> {
+        match self {
+            Pending::One(command, _) => vec![command],
+            Pending::Run(commands, _) => commands,
+        }
+    }
 }
 
 /// Starts a background task: `tokio::spawn` in the engine; the schedule checks
@@ -163,25 +170,20 @@ impl Dispatcher {
     /// (before, each run was a transaction of its own: 32 workers calling `grant_many` were
     /// 32 transactions queueing on one space's row lock in PostgreSQL).
     pub(crate) async fn many(&self, commands: Vec<Command>) -> RunReplies {
-        if let Some(queue) = &self.queue {
-            let (tx, rx) = oneshot::channel();
-            match queue.send(Pending::Run(commands, tx)) {
-                Ok(()) => {
-                    return rx.await.unwrap_or_else(|_| {
-                        Err(StoreError::Unavailable {
-                            backend: self.store.backend(),
-                            detail: "the engine's group-commit task stopped before answering (is the tokio runtime shutting down?)".into(),
-                        })
-                    });
-                }
-                // The batching task is gone: apply the run directly, as without group commit.
-                Err(mpsc::error::SendError(Pending::Run(commands, _))) => {
-                    return self.direct(commands).await;
-                }
-                Err(_) => unreachable!("a run was sent"),
-            }
+        let Some(queue) = self.queue.as_ref().filter(|_| !commands.is_empty()) else {
+            return self.direct(commands).await;
+        };
+        let (tx, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(pending)) = queue.send(Pending::Run(commands, tx)) {
+            // The batching task is gone: apply the run directly, as without group commit.
+            return self.direct(pending.into_commands()).await;
         }
-        self.direct(commands).await
+        rx.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable {
+                backend: self.store.backend(),
+                detail: "the engine's group-commit task stopped before answering (is the tokio runtime shutting down?)".into(),
+            })
+        })
     }
 
     async fn direct(&self, commands: Vec<Command>) -> RunReplies {
