@@ -166,9 +166,8 @@ impl Dispatcher {
     }
 
     /// Apply `commands` together, in one store transaction. With group commit on they join
-    /// the queue as one run, so concurrent runs and single commands still share batches
-    /// (before, each run was a transaction of its own: 32 workers calling `grant_many` were
-    /// 32 transactions queueing on one space's row lock in PostgreSQL).
+    /// the queue as one run, so concurrent runs and single commands share batches instead of
+    /// each run queueing on the space's row lock as a transaction of its own.
     pub(crate) async fn many(&self, commands: Vec<Command>) -> RunReplies {
         let Some(queue) = self.queue.as_ref().filter(|_| !commands.is_empty()) else {
             return self.direct(commands).await;
