@@ -26,6 +26,10 @@
 //!    index of LEASED slots), and `pg_notify` for every space where a slot resolved, which
 //!    PostgreSQL delivers when the transaction commits.
 //!
+//! Batches of plain grants and commits usually skip this path: `one_statement` writes them
+//! in a single round trip and hands them here only when its checks fail. This is the
+//! general path, and the reference for what that one must answer.
+//!
 //! A refused command ([`LeaseError`]) writes nothing and does not affect the others; any
 //! database error rolls the whole batch back. The unique index on committed operation ids
 //! backs I6 up: a bug here would fail the batch rather than duplicate an operation.
@@ -72,6 +76,15 @@ pub(crate) async fn execute(
     batch.write(&mut tx, inner, &mut outcome).await?;
     batch.events.write(&mut tx, target).await?;
     tx.commit().await.map_err(map)?;
+    for space in &batch.spaces {
+        inner.spaces.remember(
+            &space.name,
+            space.id,
+            space.last_seq,
+            space.in_flight,
+            space.capacity,
+        );
+    }
     Ok(outcome)
 }
 

@@ -10,6 +10,12 @@
 //!   counters back in **one** set-based statement (`INSERT … SELECT unnest(…)`,
 //!   `UPDATE … FROM unnest(…)`). Grants are compare-and-swap on the locked counter; commits
 //!   and releases are compare-and-swap on the slot's state, token and expiry.
+//! - **One round trip for the common batch.** A batch of plain grants and commits of one
+//!   space this process has written before runs as one autocommitted statement that holds
+//!   the row lock only for its own work and checks, as it writes, that the space row is as
+//!   this process left it and that each committed slot is a live lease under its token. A
+//!   failed check writes nothing and the batch runs on the general path, which decides it
+//!   from the rows; the answers are the same either way (`one_statement`).
 //! - **Time.** Every expiry decision uses the database clock (`now()`), read once per batch,
 //!   never a client's clock. Tests shift or pin it with a [`PgClock`], which is also the
 //!   [`seqlease_core::TimeControl`] of the conformance suite.
@@ -36,7 +42,7 @@
 //! ```
 //!
 //! The modules: `connect` (pool, migrations, schema and privilege checks), `execute` (the
-//! batch transaction), `read` (spaces, the ordered log and slots), `notify` (LISTEN task),
+//! batch transaction), `one_statement` (the one-round-trip path for plain batches), `read` (spaces, the ordered log and slots), `notify` (LISTEN task),
 //! `liveness` (owner locks and the dead-owner probe), `recovery` (claims, resolution and
 //! the queue of parked work), `history` (lease history: recorded events merged with the
 //! transitions the slot rows show), `resources` (resource leases, epochs and their audit
@@ -52,6 +58,7 @@ mod execute;
 mod history;
 mod liveness;
 mod notify;
+mod one_statement;
 mod read;
 mod recovery;
 mod resources;
@@ -75,6 +82,7 @@ use tokio::sync::watch;
 
 pub use consumers::{ApplyError, ApplyFuture};
 pub use error::BACKEND;
+pub use one_statement::PathCounts;
 use seqlease_core::{ConsumerError, ConsumerState, RetentionEvent, validate_consumer, validate_id};
 /// The sqlx version the store uses: an exactly-once apply ([`PgStore::apply_exactly_once`])
 /// gets a `sqlx::PgConnection` inside the checkpoint's transaction.
@@ -200,6 +208,8 @@ pub(crate) struct Inner {
     listeners: Arc<Mutex<Vec<ProgressListener>>>,
     listening: Mutex<bool>,
     owners: Arc<liveness::Owners>,
+    /// What this process knows of the spaces it writes (for one-statement batches).
+    spaces: one_statement::SpaceCache,
     /// Dropped with the store: background tasks watch it and stop.
     shutdown: watch::Sender<()>,
 }
@@ -240,6 +250,7 @@ impl PgStore {
                 listeners: Arc::new(Mutex::new(Vec::new())),
                 listening: Mutex::new(false),
                 owners,
+                spaces: one_statement::SpaceCache::default(),
                 shutdown,
             }),
         };
@@ -252,6 +263,12 @@ impl PgStore {
     /// `host:port/database` of the server.
     pub fn target(&self) -> &str {
         &self.inner.target
+    }
+
+    /// How many write batches ran as one statement, and how many that path refused (see
+    /// the crate docs' write path).
+    pub fn batch_paths(&self) -> PathCounts {
+        self.inner.spaces.counts()
     }
 
     /// The connection pool (for operators' queries and tests).
@@ -357,6 +374,9 @@ impl Store for PgStore {
     async fn execute(&self, commands: Vec<Command>) -> Result<BatchOutcome, StoreError> {
         if commands.is_empty() {
             return Ok(BatchOutcome::default());
+        }
+        if let Some(outcome) = one_statement::try_execute(&self.inner, &commands).await? {
+            return Ok(outcome);
         }
         execute::execute(&self.inner, commands).await
     }
