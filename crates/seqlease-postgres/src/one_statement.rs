@@ -106,6 +106,15 @@ impl SpaceCache {
         );
     }
 
+    /// Record the counters a committed recovery transaction left in a space this process
+    /// already knows (recovery does not read the capacity).
+    pub(crate) fn update_counters(&self, name: &SpaceName, last_seq: u64, in_flight: u32) {
+        if let Some(k) = self.known.lock().get_mut(name) {
+            k.last_seq = last_seq;
+            k.in_flight = in_flight;
+        }
+    }
+
     pub(crate) fn counts(&self) -> PathCounts {
         PathCounts {
             one_statement: self.fast.load(Ordering::Relaxed),

@@ -50,6 +50,16 @@ use crate::{CLOCK_SQL, Inner, NOW_SQL};
 mod late;
 pub(crate) use late::commit_late;
 
+/// Tell the one-statement path the counters a committed recovery transaction left, so the
+/// owner's next plain batch is not refused for a change this process made itself.
+fn remember_counters(inner: &Inner, spaces: &[LockedSpace]) {
+    for space in spaces.iter().filter(|s| s.dirty) {
+        inner
+            .spaces
+            .update_counters(&space.name, space.last_seq, space.in_flight);
+    }
+}
+
 /// A space row locked by a recovery transaction.
 pub(crate) struct LockedSpace {
     pub(crate) id: i64,
@@ -777,6 +787,7 @@ pub(crate) async fn resolve(
     events.write(&mut tx, target).await?;
     write_spaces(&mut tx, inner, &spaces, &mut outcome).await?;
     tx.commit().await.map_err(get)?;
+    remember_counters(inner, &spaces);
     conn.return_to_pool().await;
     Ok(outcome)
 }
@@ -1159,5 +1170,6 @@ pub(crate) async fn settle_parked(
     events.write(&mut tx, target).await?;
     write_spaces(&mut tx, inner, &spaces, &mut outcome).await?;
     tx.commit().await.map_err(get)?;
+    remember_counters(inner, &spaces);
     Ok(outcome)
 }
