@@ -156,8 +156,10 @@ pub struct PgOptions {
     pub schema: Option<String>,
     /// Batches the engine may run at once. Batches of one space queue on its row lock, which
     /// is held until the commit is flushed, so with one space 1 is fastest: the next batch
-    /// gathers everything that queued meanwhile (measured in docs/postgres.md). Raise it
-    /// when the engine's load spreads over many spaces.
+    /// gathers everything that queued meanwhile (measured in docs/postgres.md). With more,
+    /// a second batch of the same space is also refused by the one-statement path, since it
+    /// expects counters the first has not written yet. Raise it when the engine's load
+    /// spreads over many spaces.
     pub max_in_flight: usize,
     /// How often the background probe expires the leases of owners whose process died
     /// (`None`: no probe; [`Store::expire_dead_owners`] can still be called).
