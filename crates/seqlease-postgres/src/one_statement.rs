@@ -15,7 +15,9 @@
 //!   or changes a slot's state also changes these counters, so when they match, the
 //!   statement's snapshot already holds every such change: what the general path gets by
 //!   reading after the lock. Otherwise (another process or the cleanup wrote) the statement
-//!   writes nothing and returns no row.
+//!   writes nothing and returns no row. The pair never repeats (`in_flight` only grows with
+//!   `last_seq`), and every writer of slot states (`execute`, `recovery`) updates the space
+//!   row in the same transaction: a writer that did not would break this check.
 //! - **The grants fit under the capacity** as it stands before the batch's commits (so each
 //!   grant would succeed on the general path too); otherwise, again, nothing is written.
 //! - **Each committed slot is LEASED, unfenced, under the command's token and not expired**
@@ -50,6 +52,8 @@ use crate::read::{state, to_u64};
 const REFUSED: &str = "SL001";
 /// A unique violation: an operation id already committed (I6).
 const UNIQUE_VIOLATION: &str = "23505";
+/// TTLs from here up (about 36,000 years) take the general path.
+const MAX_TTL_MICROS: i64 = 1 << 60;
 /// Batches of a space that take the general path after a refusal.
 const BACKOFF: u32 = 16;
 
@@ -167,7 +171,10 @@ fn plan(commands: &[Command], known: &Known) -> Option<(Arrays, Vec<Planned>)> {
             return None;
         }
         match command {
-            Command::Grant(req) if req.fence.is_none() => {
+            // An absurd TTL would overflow `now + ttl` in SQL; the general path saturates.
+            Command::Grant(req)
+                if req.fence.is_none() && duration_micros(req.ttl) < MAX_TTL_MICROS =>
+            {
                 let token = Token::random();
                 arrays.g_token.push(token.as_bytes().to_vec());
                 arrays.g_operation.push(req.operation_id.clone());

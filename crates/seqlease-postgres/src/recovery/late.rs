@@ -145,6 +145,7 @@ pub(crate) async fn commit_late(
     events.write(&mut tx, target).await?;
     write_spaces(&mut tx, inner, &spaces, &mut outcome).await?;
     tx.commit().await.map_err(get)?;
+    super::remember_counters(inner, &spaces);
     Ok(outcome)
 }
 
