@@ -153,18 +153,12 @@ struct Arrays {
     c_leased: Vec<i16>,
 }
 
-/// Where each command's reply comes from once the statement succeeded.
-enum Planned {
-    /// The n-th grant (from 1) with its token.
-    Grant(u64, Token),
-    Commit(u64),
-}
-
 /// The batch's shape when this path can take it: one space this process knows, grants
 /// without fences, commits of distinct existing seqs. `None`: the general path.
-fn plan(commands: &[Command], known: &Known) -> Option<(Arrays, Vec<Planned>)> {
+/// Also returns the grants' tokens, in order.
+fn plan(commands: &[Command], known: &Known) -> Option<(Arrays, Vec<Token>)> {
     let mut arrays = Arrays::default();
-    let mut planned = Vec::with_capacity(commands.len());
+    let mut tokens = Vec::new();
     let space = commands.first()?.space();
     for command in commands {
         if command.space() != space {
@@ -181,7 +175,7 @@ fn plan(commands: &[Command], known: &Known) -> Option<(Arrays, Vec<Planned>)> {
                 arrays.g_projection.push(req.projection_type.clone());
                 arrays.g_owner.push(req.owner.clone());
                 arrays.g_ttl.push(duration_micros(req.ttl));
-                planned.push(Planned::Grant(arrays.g_token.len() as u64, token));
+                tokens.push(token);
             }
             Command::Commit { key, body } => {
                 let seq = i64::try_from(key.seq).ok()?;
@@ -195,13 +189,12 @@ fn plan(commands: &[Command], known: &Known) -> Option<(Arrays, Vec<Planned>)> {
                 arrays.c_source.push(body.source_event_id.clone());
                 arrays.c_space.push(known.id);
                 arrays.c_leased.push(state::LEASED);
-                planned.push(Planned::Commit(key.seq));
             }
             _ => return None,
         }
     }
     let grants = arrays.g_token.len() as u64;
-    (u64::from(known.in_flight) + grants <= u64::from(known.capacity)).then_some((arrays, planned))
+    (u64::from(known.in_flight) + grants <= u64::from(known.capacity)).then_some((arrays, tokens))
 }
 
 /// Run `commands` as one statement if this path can take them. `Ok(None)`: it cannot, or
@@ -224,7 +217,7 @@ pub(crate) async fn try_execute(
         }
         *known
     };
-    let Some((arrays, planned)) = plan(commands, &known) else {
+    let Some((arrays, tokens)) = plan(commands, &known) else {
         return Ok(None);
     };
     let grants = arrays.g_token.len() as i64;
@@ -281,7 +274,7 @@ pub(crate) async fn try_execute(
         }
     }
     Ok(Some(outcome(
-        commands, planned, &space, base, now, watermark,
+        commands, tokens, &space, base, now, watermark,
     )))
 }
 
@@ -295,7 +288,7 @@ fn rolled_back_to_retry(code: Option<&str>) -> bool {
 /// The replies and progress of a batch the statement wrote.
 fn outcome(
     commands: &[Command],
-    planned: Vec<Planned>,
+    tokens: Vec<Token>,
     space: &SpaceName,
     base: u64,
     now: i64,
@@ -303,28 +296,33 @@ fn outcome(
 ) -> BatchOutcome {
     let mut outcome = BatchOutcome::default();
     outcome.replies.reserve(commands.len());
-    for (command, planned) in commands.iter().zip(planned) {
-        let reply = match (command, planned) {
-            (Command::Grant(req), Planned::Grant(n, token)) => Reply::Granted(LeaseRecord {
-                space: space.clone(),
-                seq: base + n,
-                token,
-                operation_id: req.operation_id.clone(),
-                projection_type: req.projection_type.clone(),
-                owner: req.owner.clone(),
-                fence: None,
-                leased_at: Timestamp(now),
-                expires_at: Timestamp(now.saturating_add(duration_micros(req.ttl))),
-                renewals: 0,
-            }),
-            (_, Planned::Commit(seq)) => {
+    let mut tokens = tokens.into_iter();
+    let mut seq = base;
+    for command in commands {
+        let reply = match command {
+            Command::Grant(req) => {
+                seq += 1;
+                Reply::Granted(LeaseRecord {
+                    space: space.clone(),
+                    seq,
+                    token: tokens.next().expect("plan() drew a token per grant"),
+                    operation_id: req.operation_id.clone(),
+                    projection_type: req.projection_type.clone(),
+                    owner: req.owner.clone(),
+                    fence: None,
+                    leased_at: Timestamp(now),
+                    expires_at: Timestamp(now.saturating_add(duration_micros(req.ttl))),
+                    renewals: 0,
+                })
+            }
+            Command::Commit { key, .. } => {
                 outcome.note_freed(space);
                 Reply::Committed(CommitOutcome {
-                    seq,
+                    seq: key.seq,
                     status: CommitStatus::Committed,
                 })
             }
-            (_, Planned::Grant(..)) => unreachable!("plan() pairs grants with grants"),
+            _ => unreachable!("plan() takes only grants and commits"),
         };
         outcome.replies.push(Ok(reply));
     }
@@ -375,7 +373,6 @@ static STATEMENT: LazyLock<String> = LazyLock::new(|| {
          sp.now + g.ttl, 0
   FROM sp, unnest($8::bytea[], $9::text[], $10::text[], $11::text[], $12::bigint[])
            WITH ORDINALITY AS g(token, op, projection, owner, ttl, n)
-  RETURNING 1
 ), upd AS (
   UPDATE slots s SET
     state = {committed}, resolved_at = sp.now, committed_op_id = s.operation_id,
@@ -389,8 +386,6 @@ static STATEMENT: LazyLock<String> = LazyLock::new(|| {
   RETURNING 1
 )
 SELECT sp.watermark, sp.base, sp.now,
-       CASE WHEN (SELECT count(*) FROM ins) <> $4
-            THEN seqlease_refuse_batch('a granted slot was not inserted') END,
        CASE WHEN (SELECT count(*) FROM upd) <> $5
             THEN seqlease_refuse_batch('a committed slot is not a live unfenced lease under its token') END,
        (CASE WHEN $5 > 0 THEN pg_notify($18, sp.name || ':' || sp.watermark || ':' || $5) END)
