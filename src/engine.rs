@@ -101,8 +101,8 @@ impl Engine {
 
     fn space_handle(&self, info: SpaceInfo) -> Space {
         let signals = self.inner.spaces.signals(&info.name, info.watermark);
-        self.inner.telemetry.refresh(&info);
-        Space::new(self.clone(), info.name, signals)
+        let telemetry = self.inner.telemetry.refresh(&info);
+        Space::new(self.clone(), info.name, signals, telemetry)
     }
 
     /// Every space in the store.

@@ -47,12 +47,9 @@ impl Lease {
         record: LeaseRecord,
         requested_at: Instant,
         ttl: Duration,
+        telemetry: LeaseTelemetry,
     ) -> Self {
         let local_deadline = requested_at + ttl - engine.config().safety_margin(ttl);
-        let telemetry = engine
-            .inner
-            .telemetry
-            .lease(&record.space, &record.projection_type);
         Lease {
             engine,
             record,

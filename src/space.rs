@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use seqlease_core::{
-    Command, Fence, GrantRequest, InvalidInput, LeaseError, Reply, SpaceInfo, SpaceName,
-    validate_id, validate_name,
+    Command, Fence, GrantRequest, InvalidInput, LeaseError, LeaseRecord, Reply, SpaceInfo,
+    SpaceName, validate_id, validate_name,
 };
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -19,6 +19,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::lease::Lease;
 use crate::reader::LogReader;
+use crate::telemetry::{EngineTelemetry, SpaceTelemetry};
 
 /// What to lease: built with [`Grant::new`] and optional settings.
 #[derive(Clone, Debug)]
@@ -78,15 +79,33 @@ pub struct Space {
     engine: Engine,
     name: SpaceName,
     signals: Arc<SpaceSignals>,
+    telemetry: Arc<SpaceTelemetry>,
 }
 
 impl Space {
-    pub(crate) fn new(engine: Engine, name: SpaceName, signals: Arc<SpaceSignals>) -> Self {
+    pub(crate) fn new(
+        engine: Engine,
+        name: SpaceName,
+        signals: Arc<SpaceSignals>,
+        telemetry: Arc<SpaceTelemetry>,
+    ) -> Self {
         Space {
             engine,
             name,
             signals,
+            telemetry,
         }
+    }
+
+    /// A handle on a lease this space just granted.
+    fn lease(&self, record: LeaseRecord, requested_at: Instant, ttl: Duration) -> Lease {
+        let telemetry = EngineTelemetry::lease_in(&self.telemetry, &record.projection_type);
+        let lease = Lease::new(self.engine.clone(), record, requested_at, ttl, telemetry);
+        self.engine
+            .inner
+            .telemetry
+            .granted(&lease.telemetry, lease.seq(), requested_at.elapsed());
+        lease
     }
 
     /// The space's name.
@@ -108,16 +127,23 @@ impl Space {
             return self.grant_once(request).await;
         };
         let deadline = Instant::now() + timeout;
+        // Try once before arming the wake-up: most grants find capacity, and arming costs
+        // every grant the wake-up's shared counter.
+        match self.grant_once(request.clone()).await {
+            Err(Error::Lease(LeaseError::AtCapacity { .. })) => {}
+            other => return other,
+        }
         loop {
-            // Register for the wake-up before trying, so a slot freed in between is not missed.
-            let mut freed = self.signals.freed_waiter();
+            // Arm, then try: a slot freed after the arming wakes us, one freed before it is
+            // seen by this try.
+            let freed = self.signals.freed.armed();
             match self.grant_once(request.clone()).await {
                 Err(Error::Lease(LeaseError::AtCapacity { .. })) => {}
                 other => return other,
             }
             let poll = Instant::now() + self.engine.config().external_poll_interval;
             tokio::select! {
-                _ = &mut freed => {}
+                _ = freed => {}
                 _ = tokio::time::sleep_until(poll.min(deadline)) => {}
             }
             if Instant::now() >= deadline {
@@ -142,13 +168,7 @@ impl Space {
         match reply {
             Reply::Granted(record) => {
                 span.record("seq", record.seq);
-                let lease = Lease::new(self.engine.clone(), record, started, ttl);
-                self.engine.inner.telemetry.granted(
-                    &lease.telemetry,
-                    lease.seq(),
-                    started.elapsed(),
-                );
-                Ok(lease)
+                Ok(self.lease(record, started, ttl))
             }
             other => unreachable_reply("grant", other),
         }
@@ -171,15 +191,7 @@ impl Space {
             .into_iter()
             .zip(ttls)
             .map(|(reply, ttl)| match reply {
-                Ok(Reply::Granted(record)) => {
-                    let lease = Lease::new(self.engine.clone(), record, started, ttl);
-                    self.engine.inner.telemetry.granted(
-                        &lease.telemetry,
-                        lease.seq(),
-                        started.elapsed(),
-                    );
-                    Ok(lease)
-                }
+                Ok(Reply::Granted(record)) => Ok(self.lease(record, started, ttl)),
                 Ok(other) => unreachable_reply("grant", other),
                 Err(e) => Err(e.into()),
             })
@@ -222,7 +234,7 @@ impl Space {
 
     /// The watermark this process has seen: every slot `1..=W` is resolved.
     pub fn watermark(&self) -> u64 {
-        *self.signals.watermark.borrow()
+        self.signals.watermark()
     }
 
     /// Re-read the space from the store (picks up other processes' progress).

@@ -4,8 +4,8 @@
 //! store batch's progress raises the watermark and notifies capacity waiters
 //! ([`Spaces::apply_progress`]). The danger in such code is a *lost wake-up*: a waiter that
 //! checks, misses a raise that lands before it starts waiting, and then sleeps until its
-//! timeout. These tests run the real [`SpaceSignals::wait_watermark`],
-//! [`SpaceSignals::freed_waiter`] and [`Spaces::apply_progress`] as shuttle tasks under many
+//! timeout. These tests run the real [`SpaceSignals::wait_watermark`], the
+//! [`Wakeup`](crate::barrier::Wakeup)s and [`Spaces::apply_progress`] as shuttle tasks under many
 //! random schedules; shuttle fails a schedule in which every task is blocked (a lost
 //! wake-up), so each test would catch one. The seeded variants show it does: the same
 //! protocol with the wait registered *after* the check deadlocks in some schedule.
@@ -51,11 +51,7 @@ fn watermark_scenario(wait: fn(Arc<SpaceSignals>, u64) -> shuttle::future::JoinH
             let w = r.await.expect("reader task");
             assert!(w >= seq, "reader for {seq} woke at watermark {w}");
         }
-        assert_eq!(
-            *signals.watermark.borrow(),
-            3,
-            "I7: the watermark never goes back"
-        );
+        assert_eq!(signals.watermark(), 3, "I7: the watermark never goes back");
     });
 }
 
@@ -76,8 +72,8 @@ fn shuttle_watermark_readers_never_miss_a_raise() {
     );
 }
 
-/// The seeded bug: read the watermark, then subscribe and wait for a change (the order
-/// reversed). A raise in between is marked as already seen, and the reader sleeps forever.
+/// The seeded bug: read the watermark, then arm the wake-up and wait (the order reversed).
+/// A raise in between lands before the arming, and the reader sleeps forever.
 #[test]
 fn shuttle_finds_the_seeded_watermark_lost_wakeup() {
     let found = std::panic::catch_unwind(|| {
@@ -85,18 +81,13 @@ fn shuttle_finds_the_seeded_watermark_lost_wakeup() {
             || {
                 watermark_scenario(|signals, seq| {
                     spawn(async move {
-                        let w = *signals.watermark.borrow();
-                        if w >= seq {
-                            return w;
-                        }
-                        yield_now().await; // the gap between the check and the wait
-                        let mut rx = signals.watermark.subscribe();
                         loop {
-                            rx.changed().await.expect("sender alive");
-                            let w = *rx.borrow_and_update();
+                            let w = signals.watermark();
                             if w >= seq {
                                 return w;
                             }
+                            yield_now().await; // the gap between the check and the wait
+                            signals.raised.armed().await;
                         }
                     })
                 })
@@ -108,8 +99,9 @@ fn shuttle_finds_the_seeded_watermark_lost_wakeup() {
 }
 
 /// A space of capacity 1 with its slot taken: a granter waits for capacity while the
-/// holder commits and the batch frees the slot. `arm_first` is the real order (arm the
-/// wake-up, then try); `false` seeds the bug (try, then arm).
+/// holder commits and the batch frees the slot. `arm_first` is the real order of
+/// `Space::grant` (try; then arm, try again, wait); `false` seeds the bug (try, then arm
+/// and wait without trying again).
 fn capacity_scenario(arm_first: bool) {
     block_on(async move {
         let spaces = Arc::new(Spaces::default());
@@ -123,20 +115,21 @@ fn capacity_scenario(arm_first: bool) {
         let granter = {
             let (signals, in_flight) = (signals.clone(), in_flight.clone());
             spawn(async move {
+                if try_grant(&in_flight) {
+                    return;
+                }
+                yield_now().await; // the store round trip that answered AtCapacity
                 loop {
+                    let freed = signals.freed.armed();
                     if arm_first {
-                        let freed = signals.freed_waiter();
                         if try_grant(&in_flight) {
                             return;
                         }
-                        yield_now().await; // the store round trip that answered AtCapacity
-                        freed.await;
-                    } else {
-                        if try_grant(&in_flight) {
-                            return;
-                        }
-                        yield_now().await;
-                        signals.freed.notified().await;
+                        yield_now().await; // the second round trip
+                    }
+                    freed.await;
+                    if !arm_first && try_grant(&in_flight) {
+                        return;
                     }
                 }
             })

@@ -94,6 +94,14 @@ pub(crate) struct LeaseTelemetry {
     counts: Arc<TypeCounts>,
 }
 
+impl std::fmt::Debug for SpaceTelemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpaceTelemetry")
+            .field("space", &self.name)
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for LeaseTelemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LeaseTelemetry")
@@ -233,17 +241,24 @@ impl EngineTelemetry {
     }
 
     /// Take the store's view of a space (its counters are authoritative across processes).
-    pub(crate) fn refresh(&self, info: &SpaceInfo) {
+    pub(crate) fn refresh(&self, info: &SpaceInfo) -> Arc<SpaceTelemetry> {
         let s = self.space(&info.name);
         s.last_seq.fetch_max(info.last_seq, Ordering::Relaxed);
         s.in_flight
             .store(i64::from(info.in_flight), Ordering::Relaxed);
         s.signals.raise_watermark(info.watermark);
+        s
     }
 
     /// The attributes a lease of `projection_type` in `space` records with.
     pub(crate) fn lease(&self, space: &SpaceName, projection_type: &str) -> LeaseTelemetry {
-        let space = self.space(space);
+        Self::lease_in(&self.space(space), projection_type)
+    }
+
+    /// As [`EngineTelemetry::lease`], for a space handle that holds its space's telemetry
+    /// (no lookup by name per grant).
+    pub(crate) fn lease_in(space: &Arc<SpaceTelemetry>, projection_type: &str) -> LeaseTelemetry {
+        let space = space.clone();
         let counts = match space.by_type.get(projection_type) {
             Some(counts) => counts.clone(),
             None => space
@@ -539,7 +554,7 @@ impl EngineTelemetry {
 
 impl SpaceTelemetry {
     fn watermark(&self) -> u64 {
-        *self.signals.watermark.borrow()
+        self.signals.watermark()
     }
 
     fn last_seq(&self) -> u64 {
