@@ -136,23 +136,30 @@ impl Store for MemoryStore {
         };
         // Commands of one batch usually target one space: look it up once per run of
         // commands. Each command takes the space lock on its own; nothing in memory can fail
-        // half-way, so per-command atomicity is all a batch needs here.
-        let mut current: Option<(SpaceName, Arc<Mutex<SpaceState>>)> = None;
+        // half-way, so per-command atomicity is all a batch needs here. The map's read guard
+        // is held across the batch instead of cloning the space's `Arc`: both cost a write
+        // to a line every core shares, and the guard costs it once per batch.
+        let spaces = self.spaces.read();
+        let mut current: Option<(&SpaceName, &Mutex<SpaceState>)> = None;
         for command in commands {
             let name = command.space();
-            if current.as_ref().is_none_or(|(n, _)| n != name) {
-                current = self.space(name).map(|s| (name.clone(), s));
+            if current.is_none_or(|(n, _)| n != name) {
+                current = spaces.get_key_value(name).map(|(n, s)| (n, &**s));
             }
-            let reply = match &current {
-                Some((_, space)) => space.lock().apply(command, now, &mut outcome, &|r| {
-                    self.resources.lock().epoch(r)
-                }),
+            let reply = match current {
+                Some((_, space)) => {
+                    let command = space::Prepared::new(command, now);
+                    space.lock().apply(command, now, &mut outcome, &|r| {
+                        self.resources.lock().epoch(r)
+                    })
+                }
                 None => Err(seqlease_core::LeaseError::UnknownSpace {
                     space: name.clone(),
                 }),
             };
             outcome.replies.push(reply);
         }
+        drop(spaces);
         Ok(outcome)
     }
 

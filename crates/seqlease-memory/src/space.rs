@@ -78,18 +78,22 @@ impl SpaceState {
     /// Apply one command. `epoch_of` reads a resource's current epoch, for fences (I9).
     pub(crate) fn apply(
         &mut self,
-        command: Command,
+        command: Prepared,
         now: Timestamp,
         outcome: &mut BatchOutcome,
         epoch_of: &dyn Fn(&str) -> u64,
     ) -> Result<Reply, LeaseError> {
-        match command {
-            Command::Grant(req) => {
-                if let Some(fence) = &req.fence {
+        let command = match command {
+            Prepared::Grant(grant) => {
+                if let Some(fence) = &grant.reply.fence {
                     check_fence(fence, epoch_of)?;
                 }
-                self.grant(req, now).map(Reply::Granted)
+                return self.grant(*grant).map(Reply::Granted);
             }
+            Prepared::Other(command) => command,
+        };
+        match command {
+            Command::Grant(req) => self.grant(PreparedGrant::new(req, now)).map(Reply::Granted),
             Command::Renew { key, ttl } => self.renew(&key, ttl, now),
             Command::RecordPartial { key, data } => {
                 self.live_slot(&key, now)?.partial = Some(data);
@@ -104,27 +108,21 @@ impl SpaceState {
         }
     }
 
-    fn grant(&mut self, req: GrantRequest, now: Timestamp) -> Result<LeaseRecord, LeaseError> {
+    fn grant(&mut self, grant: PreparedGrant) -> Result<LeaseRecord, LeaseError> {
         if self.leased.len() as u32 >= self.capacity {
             return Err(LeaseError::AtCapacity {
                 space: self.name.clone(),
                 capacity: self.capacity,
             });
         }
-        let lease = LeaseRecord {
-            space: self.name.clone(),
-            seq: self.slots.len() + 1,
-            token: Token::random(),
-            operation_id: req.operation_id,
-            projection_type: req.projection_type,
-            owner: req.owner,
-            fence: req.fence,
-            leased_at: now,
-            expires_at: now.plus(req.ttl),
-            renewals: 0,
-        };
+        let PreparedGrant {
+            mut reply,
+            mut kept,
+        } = grant;
+        let seq = self.slots.len() + 1;
+        (reply.seq, kept.seq) = (seq, seq);
         self.slots.push(Slot {
-            lease: lease.clone(),
+            lease: kept,
             state: SlotState::Leased,
             partial: None,
             result: None,
@@ -132,8 +130,8 @@ impl SpaceState {
             claim: None,
             attempts: 0,
         });
-        self.leased.insert(lease.seq);
-        Ok(lease)
+        self.leased.insert(seq);
+        Ok(reply)
     }
 
     fn renew(
@@ -298,11 +296,24 @@ impl SpaceState {
 
     /// The slot if the key holds a live lease on it (the lease checks of the contract).
     fn live_slot(&mut self, key: &LeaseKey, now: Timestamp) -> Result<&mut Slot, LeaseError> {
-        let name = self.name.clone();
-        let slot = self.slot_with_token(key)?;
+        // The name is cloned only for a refusal: a clone bumps the name's shared count.
+        let name = &self.name;
+        let slot = self
+            .slots
+            .get_mut(key.seq)
+            .ok_or_else(|| LeaseError::UnknownSlot {
+                space: name.clone(),
+                seq: key.seq,
+            })?;
+        if slot.lease.token != key.token {
+            return Err(LeaseError::WrongToken {
+                space: name.clone(),
+                seq: key.seq,
+            });
+        }
         if slot.state != SlotState::Leased {
             return Err(LeaseError::Resolved {
-                space: name,
+                space: name.clone(),
                 seq: key.seq,
                 state: slot.state,
             });
@@ -310,7 +321,7 @@ impl SpaceState {
         if slot.lease.expires_at <= now {
             let expired_at = slot.lease.expires_at;
             return Err(LeaseError::Expired {
-                space: name,
+                space: name.clone(),
                 seq: key.seq,
                 expired_at,
                 now,
@@ -351,6 +362,53 @@ impl SpaceState {
             partial: slot.partial.clone(),
             result: slot.result.clone(),
         })
+    }
+}
+
+/// A command made ready for [`SpaceState::apply`] before the space's lock is taken.
+pub(crate) enum Prepared {
+    /// A grant with its records already built (boxed: a grant is much larger than the
+    /// other commands).
+    Grant(Box<PreparedGrant>),
+    Other(Command),
+}
+
+impl Prepared {
+    /// Do what needs no lock now (a grant's token and the copies of its strings), so the
+    /// space's lock is held only for the decision and the write.
+    pub(crate) fn new(command: Command, now: Timestamp) -> Self {
+        match command {
+            Command::Grant(req) => Prepared::Grant(Box::new(PreparedGrant::new(req, now))),
+            other => Prepared::Other(other),
+        }
+    }
+}
+
+/// A grant's lease record twice: the reply, and the slot's own copy. The seq is set under
+/// the lock.
+pub(crate) struct PreparedGrant {
+    reply: LeaseRecord,
+    kept: LeaseRecord,
+}
+
+impl PreparedGrant {
+    fn new(req: GrantRequest, now: Timestamp) -> Self {
+        let reply = LeaseRecord {
+            space: req.space,
+            seq: 0,
+            token: Token::random(),
+            operation_id: req.operation_id,
+            projection_type: req.projection_type,
+            owner: req.owner,
+            fence: req.fence,
+            leased_at: now,
+            expires_at: now.plus(req.ttl),
+            renewals: 0,
+        };
+        PreparedGrant {
+            kept: reply.clone(),
+            reply,
+        }
     }
 }
 
