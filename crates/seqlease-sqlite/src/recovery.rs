@@ -35,7 +35,7 @@ use sqlx::sqlite::SqlitePool;
 
 use crate::codec::{epoch_to_column, seq_param, state, to_u32, to_u64};
 use crate::error::{BACKEND, WriteError, corrupt_value, map_sqlx};
-use crate::execute::sql::UPDATE_SPACE;
+use crate::execute::sql::write_space_counters;
 use crate::history::record;
 use crate::resources::epoch_in;
 
@@ -233,16 +233,13 @@ impl Spaces {
     /// watermark in `outcome` (also for spaces where a slot was only appended).
     fn write(self, conn: &Connection, outcome: &mut BatchOutcome) -> Result<(), WriteError> {
         for space in self.0.into_iter().filter(|s| s.dirty) {
-            let watermark: i64 = conn.prepare_cached(UPDATE_SPACE)?.query_row(
-                params![
-                    seq_column("last_seq", space.last_seq)?,
-                    i64::from(space.in_flight),
-                    space.id,
-                    seq_column("watermark", space.watermark)?,
-                ],
-                |row| row.get(0),
+            let watermark = write_space_counters(
+                conn,
+                space.id,
+                space.last_seq,
+                space.in_flight,
+                space.watermark,
             )?;
-            let watermark = to_u64("watermark", watermark)?;
             if outcome.progress.iter().any(|p| p.space == space.name) {
                 outcome.set_watermark(&space.name, watermark);
             } else {
