@@ -1,22 +1,13 @@
 //! WAL checkpoints run on the store's checkpoint thread, not only when the log reaches the
 //! write connection's backstop threshold (10,000 pages).
 
+mod support;
+
 use std::sync::Arc;
-use std::time::Duration;
 
-use seqlease_core::{Command, GrantRequest, ManualClock, SpaceConfig, SpaceName, Store};
+use seqlease_core::{ManualClock, SpaceConfig, SpaceName, Store};
 use seqlease_sqlite::{SqliteOptions, SqliteStore};
-
-fn grant(space: &SpaceName, op: String) -> Command {
-    Command::Grant(GrantRequest {
-        space: space.clone(),
-        operation_id: op,
-        projection_type: "t".to_string(),
-        owner: "w".to_string(),
-        ttl: Duration::from_secs(30),
-        fence: None,
-    })
-}
+use support::grant;
 
 #[tokio::test]
 async fn committed_pages_reach_the_database_file_without_the_writer_checkpointing() {

@@ -6,13 +6,14 @@
 //! test: no other test's stores run in its process.
 #![cfg(target_os = "linux")]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use seqlease_core::{
-    Command, GrantRequest, ManualClock, Reply, SpaceConfig, SpaceName, Store, StoreError,
-};
+use seqlease_core::{ManualClock, Reply, SpaceConfig, SpaceName, Store, StoreError};
 use seqlease_sqlite::{SqliteOptions, SqliteStore};
+use support::grant;
 
 /// Threads of this process named `name` (Linux keeps the first 15 bytes).
 fn threads(name: &str) -> usize {
@@ -44,17 +45,6 @@ async fn until_threads(expected: usize) {
         "expected {expected} sqlite write and checkpoint threads, found {:?}",
         store_threads()
     );
-}
-
-fn grant(space: &SpaceName, op: &str) -> Command {
-    Command::Grant(GrantRequest {
-        space: space.clone(),
-        operation_id: op.to_string(),
-        projection_type: "t".to_string(),
-        owner: "w".to_string(),
-        ttl: Duration::from_secs(30),
-        fence: None,
-    })
 }
 
 #[tokio::test]
