@@ -277,40 +277,15 @@ impl SpaceState {
 
     /// The slot if it exists and the token matches.
     pub(crate) fn slot_with_token(&mut self, key: &LeaseKey) -> Result<&mut Slot, LeaseError> {
-        let name = &self.name;
-        let slot = self
-            .slots
-            .get_mut(key.seq)
-            .ok_or_else(|| LeaseError::UnknownSlot {
-                space: name.clone(),
-                seq: key.seq,
-            })?;
-        if slot.lease.token != key.token {
-            return Err(LeaseError::WrongToken {
-                space: name.clone(),
-                seq: key.seq,
-            });
-        }
-        Ok(slot)
+        token_checked(&self.name, &mut self.slots, key)
     }
 
     /// The slot if the key holds a live lease on it (the lease checks of the contract).
     fn live_slot(&mut self, key: &LeaseKey, now: Timestamp) -> Result<&mut Slot, LeaseError> {
-        // The name is cloned only for a refusal: a clone bumps the name's shared count.
+        // Borrowed apart from the slots, the name is cloned only for a refusal: a clone
+        // bumps the name's shared count.
         let name = &self.name;
-        let slot = self
-            .slots
-            .get_mut(key.seq)
-            .ok_or_else(|| LeaseError::UnknownSlot {
-                space: name.clone(),
-                seq: key.seq,
-            })?;
-        if slot.lease.token != key.token {
-            return Err(LeaseError::WrongToken {
-                space: name.clone(),
-                seq: key.seq,
-            });
-        }
+        let slot = token_checked(name, &mut self.slots, key)?;
         if slot.state != SlotState::Leased {
             return Err(LeaseError::Resolved {
                 space: name.clone(),
@@ -410,6 +385,27 @@ impl PreparedGrant {
             reply,
         }
     }
+}
+
+/// The slot of `key` in `slots` if it exists and the token matches.
+fn token_checked<'a>(
+    name: &SpaceName,
+    slots: &'a mut Slots,
+    key: &LeaseKey,
+) -> Result<&'a mut Slot, LeaseError> {
+    let slot = slots
+        .get_mut(key.seq)
+        .ok_or_else(|| LeaseError::UnknownSlot {
+            space: name.clone(),
+            seq: key.seq,
+        })?;
+    if slot.lease.token != key.token {
+        return Err(LeaseError::WrongToken {
+            space: name.clone(),
+            seq: key.seq,
+        });
+    }
+    Ok(slot)
 }
 
 /// Refuse a write whose fence epoch is no longer the resource's current epoch (I9).
