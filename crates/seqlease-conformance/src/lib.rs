@@ -45,6 +45,7 @@ macro_rules! conformance_suite {
             i7_reader_follows_out_of_order_commits,
             i7_wait_for_times_out,
             capacity_fails_fast_or_waits_to_be_woken,
+            capacity_and_barrier_waiters_under_contention_are_all_woken,
             bad_input_is_refused_and_changes_nothing,
             dropped_or_cancelled_lease_releases_its_slot,
             grant_many_in_one_batch,
