@@ -23,7 +23,11 @@ use tokio::sync::futures::Notified;
 /// granter waits on either. `Notify::notify_waiters` takes the notifier's mutex even then,
 /// and that mutex's cache line bounced between the cores on every commit (measured: see
 /// docs/benchmarks.md). A waiter counts itself in before it arms, so [`Wakeup::wake`] only
-/// skips the notify when no waiter can have missed the change.
+/// skips the notify when no waiter can have missed the change: a waker that reads a zero
+/// count came before the waiter's increment in the SeqCst order, so the waiter's check
+/// sees the change; a waker that reads the count notifies, and if that lands before the
+/// waiter's `Notified` exists, the `Notify`'s own lock orders the change before the
+/// waiter's check.
 #[derive(Debug, Default)]
 pub(crate) struct Wakeup {
     notify: Notify,
