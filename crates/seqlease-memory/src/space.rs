@@ -88,7 +88,7 @@ impl SpaceState {
                 if let Some(fence) = &grant.reply.fence {
                     check_fence(fence, epoch_of)?;
                 }
-                return self.grant(*grant).map(Reply::Granted);
+                return self.grant(grant).map(Reply::Granted);
             }
             Prepared::Other(command) => command,
         };
@@ -342,9 +342,8 @@ impl SpaceState {
 
 /// A command made ready for [`SpaceState::apply`] before the space's lock is taken.
 pub(crate) enum Prepared {
-    /// A grant with its records already built (boxed: a grant is much larger than the
-    /// other commands).
-    Grant(Box<PreparedGrant>),
+    /// A grant with its records already built.
+    Grant(PreparedGrant),
     Other(Command),
 }
 
@@ -353,7 +352,7 @@ impl Prepared {
     /// space's lock is held only for the decision and the write.
     pub(crate) fn new(command: Command, now: Timestamp) -> Self {
         match command {
-            Command::Grant(req) => Prepared::Grant(Box::new(PreparedGrant::new(req, now))),
+            Command::Grant(req) => Prepared::Grant(PreparedGrant::new(req, now)),
             other => Prepared::Other(other),
         }
     }
