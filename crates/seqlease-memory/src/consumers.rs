@@ -150,7 +150,7 @@ impl SpaceState {
         for seq in floor + 1..=through {
             let slot = self.slots.get(seq).expect("seq <= watermark <= last seq");
             if let Some((_, EntryContent::Operation(op))) = &slot.resolved {
-                self.committed.remove(&op.operation_id);
+                self.committed.remove(&op.operation_id, &self.slots);
             }
             entries += 1;
         }

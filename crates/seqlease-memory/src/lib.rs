@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+mod committed;
 mod consumers;
 mod history;
 mod recovery;

@@ -120,7 +120,7 @@ impl SpaceState {
             return Err(lost());
         }
         let lease = slot.lease.clone();
-        if let Some(&existing) = self.committed.get(&lease.operation_id) {
+        if let Some(existing) = self.committed.get(&lease.operation_id, &self.slots) {
             self.supersede(seq, existing, now, outcome);
             return Ok(Reply::Resolved(ResolveOutcome::Duplicate { existing }));
         }
@@ -141,7 +141,7 @@ impl SpaceState {
                 let at = match placement {
                     Placement::InPlace => {
                         let op = operation(&lease, body, recovery);
-                        self.committed.insert(lease.operation_id.clone(), seq);
+                        self.committed.insert(&lease.operation_id, seq);
                         self.close_slot(seq, EntryContent::Operation(op), now, outcome);
                         seq
                     }
@@ -218,7 +218,7 @@ impl SpaceState {
             ..lease.clone()
         };
         let op = operation(lease, body, recovery);
-        self.committed.insert(lease.operation_id.clone(), n);
+        self.committed.insert(&lease.operation_id, n);
         self.slots.push(Slot {
             lease: record,
             state: SlotState::Committed,
@@ -255,7 +255,7 @@ impl SpaceState {
             expires_at: lease.expires_at,
             fence: lease.fence.as_ref(),
             current_epoch: lease.fence.as_ref().map_or(0, |f| epoch_of(&f.resource)),
-            committed_at: self.committed.get(&lease.operation_id).copied(),
+            committed_at: self.committed.get(&lease.operation_id, &self.slots),
         };
         if let LatePlan::Answer(answer) = plan_late(&item.key, facts, now)? {
             return Ok(Reply::Late(answer));
@@ -291,8 +291,8 @@ impl SpaceState {
         now: Timestamp,
         outcome: &mut BatchOutcome,
     ) {
-        let at = match self.committed.get(&item.operation_id) {
-            Some(&existing) => existing,
+        let at = match self.committed.get(&item.operation_id, &self.slots) {
+            Some(existing) => existing,
             None => {
                 let lease = LeaseRecord {
                     space: self.name.clone(),

@@ -3,6 +3,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::committed::CommittedIndex;
+
 use seqlease_core::{
     BatchOutcome, Command, CommitOutcome, CommitStatus, Entry, EntryContent, Fence, Gap, GapReason,
     GrantRequest, LeaseError, LeaseKey, LeaseRecord, Operation, OperationBody, ReleaseOutcome,
@@ -41,7 +43,7 @@ pub(crate) struct SpaceState {
     /// Every slot, seqs contiguous from 1.
     pub(crate) slots: Slots,
     /// operation id → seq of its committed entry (I6).
-    pub(crate) committed: foldhash::HashMap<String, u64>,
+    pub(crate) committed: CommittedIndex,
     /// Recorded history events per seq (the derivable ones are not stored).
     pub(crate) events: std::collections::BTreeMap<u64, Vec<seqlease_core::SlotEvent>>,
     /// Consumers by name: checkpoint, retain flag, last change.
@@ -59,7 +61,7 @@ impl SpaceState {
             leased: BTreeSet::new(),
             events: Default::default(),
             slots: Slots::default(),
-            committed: foldhash::HashMap::default(),
+            committed: CommittedIndex::default(),
             consumers: Default::default(),
             retention: Vec::new(),
         }
@@ -179,14 +181,13 @@ impl SpaceState {
             check_fence(fence, epoch_of)?;
         }
         let seq = key.seq;
-        let operation_id = self
+        let operation_id = &self
             .slots
             .get(seq)
             .expect("checked above")
             .lease
-            .operation_id
-            .clone();
-        if let Some(&existing) = self.committed.get(&operation_id) {
+            .operation_id;
+        if let Some(existing) = self.committed.get(operation_id, &self.slots) {
             let gap = Gap {
                 reason: GapReason::Superseded,
                 superseded_by: Some(existing),
@@ -206,7 +207,7 @@ impl SpaceState {
             body,
             recovery: None,
         };
-        self.committed.insert(operation_id, seq);
+        self.committed.insert(&op.operation_id, seq);
         self.close_slot(seq, EntryContent::Operation(op), now, outcome);
         Ok(Reply::Committed(CommitOutcome {
             seq,

@@ -1,0 +1,207 @@
+//! The index of committed operation ids of one space (I6): operation id → seq.
+//!
+//! Every commit looks its operation id up here and then inserts it, under the space's lock,
+//! so the index must stay cheap as a log grows to millions of entries:
+//! - **Keyed by a 64-bit hash of the id**, not by the id: an entry is 16 bytes and no copy
+//!   of the id is made. The slot at the stored seq holds the id, so every hit is confirmed
+//!   against it; two ids with the same hash (vanishingly rare, but possible) keep the
+//!   second one in a small map keyed by the id itself.
+//! - **Split into shards by hash.** A hash map grows by rehashing everything it holds at
+//!   once; one map of a few million entries did so in ~80 ms with the lock held, every
+//!   commit of the space waiting behind it. A shard grows with 1/256 of the entries.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+
+use crate::space::Slots;
+
+const SHARDS: usize = 256;
+
+/// Operation id → seq of its committed entry, for one space.
+#[derive(Debug)]
+pub(crate) struct CommittedIndex {
+    hasher: foldhash::fast::RandomState,
+    shards: Box<[HashMap<u64, u64, BuildHasherDefault<PreHashed>>]>,
+    /// Ids whose hash was already taken by another committed id.
+    collided: HashMap<String, u64>,
+    /// Tests: every id hashes alike, so every path meets a collision.
+    #[cfg(test)]
+    all_collide: bool,
+}
+
+impl Default for CommittedIndex {
+    fn default() -> Self {
+        CommittedIndex {
+            hasher: foldhash::fast::RandomState::default(),
+            shards: (0..SHARDS).map(|_| HashMap::default()).collect(),
+            collided: HashMap::new(),
+            #[cfg(test)]
+            all_collide: false,
+        }
+    }
+}
+
+impl CommittedIndex {
+    /// The seq where `operation_id` is committed, if it is.
+    pub(crate) fn get(&self, operation_id: &str, slots: &Slots) -> Option<u64> {
+        let hash = self.hash(operation_id);
+        match self.shard(hash).get(&hash) {
+            Some(&seq) if committed_id(slots, seq) == Some(operation_id) => Some(seq),
+            // Absent, or another id's: a collided id lives in the side map.
+            _ if self.collided.is_empty() => None,
+            _ => self.collided.get(operation_id).copied(),
+        }
+    }
+
+    /// Record that `operation_id`, not yet committed (the caller checked with
+    /// [`CommittedIndex::get`]), is committed at `seq`.
+    pub(crate) fn insert(&mut self, operation_id: &str, seq: u64) {
+        let hash = self.hash(operation_id);
+        let shard = &mut self.shards[shard_of(hash)];
+        if let std::collections::hash_map::Entry::Vacant(free) = shard.entry(hash) {
+            free.insert(seq);
+        } else {
+            self.collided.insert(operation_id.to_owned(), seq);
+        }
+    }
+
+    /// Forget `operation_id` (its entry is being pruned; the slot is still in `slots`).
+    pub(crate) fn remove(&mut self, operation_id: &str, slots: &Slots) {
+        let hash = self.hash(operation_id);
+        let shard = &mut self.shards[shard_of(hash)];
+        match shard.get(&hash) {
+            Some(&seq) if committed_id(slots, seq) == Some(operation_id) => {
+                shard.remove(&hash);
+            }
+            _ => {
+                self.collided.remove(operation_id);
+            }
+        }
+    }
+
+    fn hash(&self, operation_id: &str) -> u64 {
+        #[cfg(test)]
+        if self.all_collide {
+            return 42;
+        }
+        self.hasher.hash_one(operation_id)
+    }
+
+    fn shard(&self, hash: u64) -> &HashMap<u64, u64, BuildHasherDefault<PreHashed>> {
+        &self.shards[shard_of(hash)]
+    }
+}
+
+fn shard_of(hash: u64) -> usize {
+    // The top bits pick the shard; the map inside uses the low bits.
+    (hash >> (64 - SHARDS.trailing_zeros())) as usize
+}
+
+/// The operation id committed at `seq`, if that slot is committed.
+fn committed_id(slots: &Slots, seq: u64) -> Option<&str> {
+    match &slots.get(seq)?.resolved {
+        Some((_, seqlease_core::EntryContent::Operation(op))) => Some(&op.operation_id),
+        _ => None,
+    }
+}
+
+/// A hasher for keys that are already hashes: it passes the key through.
+#[derive(Default)]
+pub(crate) struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; fold anything else in rather than panic.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::space::Slot;
+    use seqlease_core::{
+        EntryContent, LeaseRecord, Operation, OperationBody, SlotState, SpaceName, Timestamp, Token,
+    };
+
+    fn committed_slot(seq: u64, operation_id: &str) -> Slot {
+        let lease = LeaseRecord {
+            space: SpaceName::new("s").unwrap(),
+            seq,
+            token: Token::random(),
+            operation_id: operation_id.into(),
+            projection_type: "p".into(),
+            owner: "o".into(),
+            fence: None,
+            leased_at: Timestamp(0),
+            expires_at: Timestamp(1),
+            renewals: 0,
+        };
+        let op = Operation {
+            operation_id: operation_id.into(),
+            projection_type: "p".into(),
+            body: OperationBody::new("k", vec![]),
+            recovery: None,
+        };
+        Slot {
+            lease,
+            state: SlotState::Committed,
+            partial: None,
+            result: None,
+            resolved: Some((Timestamp(1), EntryContent::Operation(op))),
+            claim: None,
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn ids_that_share_a_hash_are_told_apart() {
+        let mut slots = Slots::default();
+        let mut index = CommittedIndex {
+            all_collide: true,
+            ..CommittedIndex::default()
+        };
+        for (seq, id) in [(1, "a"), (2, "b"), (3, "c")] {
+            assert_eq!(index.get(id, &slots), None);
+            index.insert(id, seq);
+            slots.push(committed_slot(seq, id));
+        }
+        assert_eq!(
+            ["a", "b", "c", "d"].map(|id| index.get(id, &slots)),
+            [Some(1), Some(2), Some(3), None]
+        );
+        // Removing the id that holds the hash leaves the others found; a new id takes the
+        // freed hash.
+        index.remove("a", &slots);
+        assert_eq!(index.get("a", &slots), None);
+        assert_eq!(index.get("c", &slots), Some(3));
+        index.insert("d", 4);
+        slots.push(committed_slot(4, "d"));
+        index.remove("b", &slots);
+        assert_eq!(
+            ["a", "b", "c", "d"].map(|id| index.get(id, &slots)),
+            [None, None, Some(3), Some(4)]
+        );
+    }
+
+    #[test]
+    fn a_slot_that_is_not_committed_confirms_nothing() {
+        let mut slots = Slots::default();
+        let mut gap = committed_slot(1, "a");
+        gap.resolved = None;
+        slots.push(gap);
+        let mut index = CommittedIndex::default();
+        index.insert("a", 1);
+        assert_eq!(index.get("a", &slots), None);
+    }
+}
