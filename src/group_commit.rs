@@ -154,13 +154,9 @@ impl Dispatcher {
                 rx.await.map_err(|_| Error::Closed)?
             }
             None => {
-                let mut outcome = self.store.execute(vec![command]).await?;
-                self.spaces.apply_progress(&outcome.progress);
-                let reply = outcome
-                    .replies
-                    .pop()
-                    .expect("the store answers every command");
-                Ok(reply?)
+                let outcome = self.store.execute_one(command).await?;
+                self.spaces.apply_progress(outcome.progress.as_slice());
+                Ok(outcome.reply?)
             }
         }
     }

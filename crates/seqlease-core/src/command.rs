@@ -161,6 +161,15 @@ pub struct BatchOutcome {
     pub progress: Vec<SpaceProgress>,
 }
 
+/// The result of [`Store::execute_one`](crate::Store::execute_one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OneOutcome {
+    /// The command's reply.
+    pub reply: Result<Reply, LeaseError>,
+    /// The space's progress, when the command resolved a slot.
+    pub progress: Option<SpaceProgress>,
+}
+
 impl BatchOutcome {
     /// Count one slot of `space` that left LEASED in this batch. Stores call this as they
     /// resolve slots, then fill in each space's final watermark with [`Self::set_watermark`].

@@ -21,8 +21,8 @@ pub mod time;
 pub mod types;
 
 pub use command::{
-    BatchOutcome, Command, CommitOutcome, CommitStatus, LeaseKey, ReleaseOutcome, Reply,
-    SpaceProgress,
+    BatchOutcome, Command, CommitOutcome, CommitStatus, LeaseKey, OneOutcome, ReleaseOutcome,
+    Reply, SpaceProgress,
 };
 pub use consumer::{
     ConsumerError, ConsumerState, RetentionEvent, RetentionEventKind, validate_consumer,

@@ -56,7 +56,7 @@
 
 use async_trait::async_trait;
 
-use crate::command::{BatchOutcome, Command, SpaceProgress};
+use crate::command::{BatchOutcome, Command, OneOutcome, SpaceProgress};
 use crate::consumer::{ConsumerError, ConsumerState, RetentionEvent};
 use crate::error::StoreError;
 use crate::history::{HistoryQuery, SlotEvent};
@@ -128,6 +128,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Apply `commands` in one transaction, in order; one reply per command.
     async fn execute(&self, commands: Vec<Command>) -> Result<BatchOutcome, StoreError>;
+
+    /// Apply one command: what [`Store::execute`] does with a batch of one, answered
+    /// without the batch's vectors. The engine calls it for every command when group
+    /// commit is off ([`BatchingHint::group_commit`]); a store where a call costs no I/O
+    /// overrides it to save those allocations on every command.
+    async fn execute_one(&self, command: Command) -> Result<OneOutcome, StoreError> {
+        let mut outcome = self.execute(vec![command]).await?;
+        let reply = outcome.replies.pop().ok_or_else(|| StoreError::Backend {
+            backend: self.backend(),
+            detail: "the store answered a batch of one with no reply; this is a bug in the store"
+                .into(),
+        })?;
+        Ok(OneOutcome {
+            reply,
+            progress: outcome.progress.pop(),
+        })
+    }
 
     /// Resolved entries with `from <= seq <= watermark`, ascending, at most `limit`.
     async fn read(

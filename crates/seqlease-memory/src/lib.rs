@@ -24,9 +24,10 @@ use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use seqlease_core::{
     BatchOutcome, BatchingHint, ClaimRequest, Clock, Command, Entry, ExpiredSlot, HistoryQuery,
-    LateCommit, LeaseError, ParkedAction, ParkedCommand, ParkedQuery, ParkedWork, Reply, Resolve,
-    ResourceCommand, ResourceEvent, ResourceLease, ResourceQuery, SlotEvent, SlotEventKind,
-    SlotView, SpaceConfig, SpaceInfo, SpaceName, Store, StoreError, SystemClock, Timestamp,
+    LateCommit, LeaseError, OneOutcome, ParkedAction, ParkedCommand, ParkedQuery, ParkedWork,
+    Reply, Resolve, ResourceCommand, ResourceEvent, ResourceLease, ResourceQuery, SlotEvent,
+    SlotEventKind, SlotView, SpaceConfig, SpaceInfo, SpaceName, Store, StoreError, SystemClock,
+    Timestamp,
 };
 use seqlease_core::{ConsumerError, ConsumerState, RetentionEvent, validate_consumer};
 
@@ -73,6 +74,28 @@ impl MemoryStore {
         self.space(name).ok_or_else(|| ConsumerError::UnknownSpace {
             space: name.clone(),
         })
+    }
+}
+
+impl MemoryStore {
+    /// Apply one command to `space`, preparing it before the space's lock is taken.
+    fn apply(
+        &self,
+        space: &Mutex<SpaceState>,
+        command: Command,
+        now: Timestamp,
+        outcome: &mut BatchOutcome,
+    ) -> Result<Reply, LeaseError> {
+        let command = space::Prepared::new(command, now);
+        space
+            .lock()
+            .apply(command, now, outcome, &|r| self.resources.lock().epoch(r))
+    }
+}
+
+fn unknown_space(name: &SpaceName) -> LeaseError {
+    LeaseError::UnknownSpace {
+        space: name.clone(),
     }
 }
 
@@ -148,20 +171,28 @@ impl Store for MemoryStore {
                 current = spaces.get_key_value(name).map(|(n, s)| (n, &**s));
             }
             let reply = match current {
-                Some((_, space)) => {
-                    let command = space::Prepared::new(command, now);
-                    space.lock().apply(command, now, &mut outcome, &|r| {
-                        self.resources.lock().epoch(r)
-                    })
-                }
-                None => Err(seqlease_core::LeaseError::UnknownSpace {
-                    space: name.clone(),
-                }),
+                Some((_, space)) => self.apply(space, command, now, &mut outcome),
+                None => Err(unknown_space(name)),
             };
             outcome.replies.push(reply);
         }
         drop(spaces);
         Ok(outcome)
+    }
+
+    async fn execute_one(&self, command: Command) -> Result<OneOutcome, StoreError> {
+        let now = self.clock.now();
+        // Empty vectors do not allocate: only a command that resolves a slot pushes its
+        // space's progress.
+        let mut outcome = BatchOutcome::default();
+        let reply = match self.spaces.read().get(command.space()) {
+            Some(space) => self.apply(space, command, now, &mut outcome),
+            None => Err(unknown_space(command.space())),
+        };
+        Ok(OneOutcome {
+            reply,
+            progress: outcome.progress.pop(),
+        })
     }
 
     async fn read(
