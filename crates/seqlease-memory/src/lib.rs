@@ -75,9 +75,7 @@ impl MemoryStore {
             space: name.clone(),
         })
     }
-}
 
-impl MemoryStore {
     /// Apply one command to `space`, preparing it before the space's lock is taken.
     fn apply(
         &self,
