@@ -99,10 +99,7 @@ fn shard_of(hash: u64) -> usize {
 
 /// The operation id committed at `seq`, if that slot is committed.
 fn committed_id(slots: &Slots, seq: u64) -> Option<&str> {
-    match &slots.get(seq)?.resolved {
-        Some((_, seqlease_core::EntryContent::Operation(op))) => Some(&op.operation_id),
-        _ => None,
-    }
+    slots.get(seq)?.committed_operation_id()
 }
 
 /// A hasher for keys that are already hashes: it passes the key through.
@@ -129,13 +126,20 @@ impl Hasher for PreHashed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::space::Slot;
-    use seqlease_core::{
-        EntryContent, LeaseRecord, Operation, OperationBody, SlotState, SpaceName, Timestamp, Token,
-    };
+    use crate::slot::{Content, Slot};
+    use seqlease_core::{LeaseRecord, OperationBody, SpaceName, Timestamp, Token};
 
     fn committed_slot(seq: u64, operation_id: &str) -> Slot {
-        let lease = LeaseRecord {
+        let body = OperationBody::new("k", vec![]);
+        Slot::resolved(
+            leased(seq, operation_id),
+            Timestamp(1),
+            Content::committed(body),
+        )
+    }
+
+    fn leased(seq: u64, operation_id: &str) -> LeaseRecord {
+        LeaseRecord {
             space: SpaceName::new("s").unwrap(),
             seq,
             token: Token::random(),
@@ -146,21 +150,6 @@ mod tests {
             leased_at: Timestamp(0),
             expires_at: Timestamp(1),
             renewals: 0,
-        };
-        let op = Operation {
-            operation_id: operation_id.into(),
-            projection_type: "p".into(),
-            body: OperationBody::new("k", vec![]),
-            recovery: None,
-        };
-        Slot {
-            lease,
-            state: SlotState::Committed,
-            partial: None,
-            result: None,
-            resolved: Some((Timestamp(1), EntryContent::Operation(op))),
-            claim: None,
-            attempts: 0,
         }
     }
 
@@ -197,9 +186,7 @@ mod tests {
     #[test]
     fn a_slot_that_is_not_committed_confirms_nothing() {
         let mut slots = Slots::default();
-        let mut gap = committed_slot(1, "a");
-        gap.resolved = None;
-        slots.push(gap);
+        slots.push(Slot::leased(leased(1, "a")));
         let mut index = CommittedIndex::default();
         index.insert("a", 1);
         assert_eq!(index.get("a", &slots), None);

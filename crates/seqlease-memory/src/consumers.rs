@@ -7,8 +7,7 @@
 
 use seqlease_core::consumer::{check_prune, check_reset, check_save, pruned_error};
 use seqlease_core::{
-    ConsumerError, ConsumerState, EntryContent, RetentionEvent, RetentionEventKind, StoreError,
-    Timestamp,
+    ConsumerError, ConsumerState, RetentionEvent, RetentionEventKind, StoreError, Timestamp,
 };
 
 use crate::space::SpaceState;
@@ -149,8 +148,8 @@ impl SpaceState {
         let mut entries = 0;
         for seq in floor + 1..=through {
             let slot = self.slots.get(seq).expect("seq <= watermark <= last seq");
-            if let Some((_, EntryContent::Operation(op))) = &slot.resolved {
-                self.committed.remove(&op.operation_id, &self.slots);
+            if let Some(operation_id) = slot.committed_operation_id() {
+                self.committed.remove(operation_id, &self.slots);
             }
             entries += 1;
         }

@@ -1,9 +1,10 @@
 //! Lease history in the in-memory store: recorded events per slot, merged at query time
 //! with the transitions the slot itself shows (see `seqlease_core::history`).
 
-use seqlease_core::{EntryContent, GapReason, HistoryQuery, SlotEvent, SlotEventKind, Timestamp};
+use seqlease_core::{GapReason, HistoryQuery, SlotEvent, SlotEventKind, Timestamp};
 
-use crate::space::{Slot, SpaceState};
+use crate::slot::{Content, Slot};
+use crate::space::SpaceState;
 
 impl SpaceState {
     /// Record an event the slot row cannot show.
@@ -60,7 +61,7 @@ impl SpaceState {
         };
         let owner = slot.lease.owner.as_str();
         let mut events = Vec::with_capacity(2);
-        let appended = matches!(&slot.resolved, Some((_, EntryContent::Operation(op))) if op.recovery.as_ref().is_some_and(|r| r.original_seq != seq));
+        let appended = matches!(slot.resolution(), Some((_, Content::Committed { recovery: Some(r), .. })) if r.original_seq != seq);
         if !appended {
             let until = format!("until {}", slot.lease.expires_at);
             events.push(event(
@@ -70,9 +71,10 @@ impl SpaceState {
                 Some(until),
             ));
         }
-        if let Some((at, content)) = &slot.resolved {
+        if let Some((at, content)) = slot.resolution() {
+            let at = &at;
             events.push(match content {
-                EntryContent::Operation(op) => match &op.recovery {
+                Content::Committed { recovery, .. } => match recovery {
                     None => event(*at, SlotEventKind::Committed, owner, None),
                     Some(r) => {
                         let detail = format!(
@@ -83,7 +85,7 @@ impl SpaceState {
                         event(*at, SlotEventKind::Recovered, "recovery", Some(detail))
                     }
                 },
-                EntryContent::Gap(g) => match g.reason {
+                Content::Gap(g) => match g.reason {
                     GapReason::Released => {
                         event(*at, SlotEventKind::Released, owner, g.detail.clone())
                     }

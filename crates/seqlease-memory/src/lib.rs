@@ -16,6 +16,7 @@ mod consumers;
 mod history;
 mod recovery;
 mod resources;
+mod slot;
 mod space;
 
 use std::sync::Arc;

@@ -5,13 +5,14 @@
 use seqlease_core::late::{LatePlan, LateSlot, plan_late};
 use seqlease_core::recovery::check_recovery_fence;
 use seqlease_core::{
-    BatchOutcome, ClaimKey, ClaimRequest, EntryContent, ExpiredSlot, Gap, GapReason, LateCommit,
-    LateOutcome, LeaseError, LeaseRecord, Operation, OperationBody, ParkedState, ParkedWork,
-    Placement, RecoveryInfo, RecoveryType, Reply, Resolution, Resolve, ResolveOutcome,
-    SlotEventKind, SlotState, Timestamp, Token,
+    BatchOutcome, ClaimKey, ClaimRequest, ExpiredSlot, GapReason, LateCommit, LateOutcome,
+    LeaseError, LeaseRecord, OperationBody, ParkedState, ParkedWork, Placement, RecoveryInfo,
+    RecoveryType, Reply, Resolution, Resolve, ResolveOutcome, SlotEventKind, SlotState, Timestamp,
+    Token,
 };
 
-use crate::space::{Claim, Slot, SpaceState};
+use crate::slot::{Claim, Content, Slot};
+use crate::space::SpaceState;
 
 impl SpaceState {
     /// LEASED slots past their expiry with no live claim, except claims of `cleaner`
@@ -24,8 +25,7 @@ impl SpaceState {
         self.leased.iter().filter_map(move |&seq| {
             let slot = self.slots.get(seq)?;
             let live_claim = slot
-                .claim
-                .as_ref()
+                .claim()
                 .is_some_and(|c| c.expires_at > now && Some(c.cleaner.as_str()) != cleaner);
             (slot.lease.expires_at <= now && !live_claim).then_some(slot)
         })
@@ -39,7 +39,7 @@ impl SpaceState {
         let other_cleaner_busy = self.leased.iter().any(|&seq| {
             self.slots
                 .get(seq)
-                .and_then(|s| s.claim.as_ref())
+                .and_then(Slot::claim)
                 .is_some_and(|c| c.expires_at > now && c.cleaner != req.cleaner)
         });
         if other_cleaner_busy {
@@ -72,11 +72,11 @@ impl SpaceState {
                     token: claim.token,
                 },
                 claim_expires_at: claim.expires_at,
-                partial: slot.partial.clone(),
-                result: slot.result.clone(),
+                partial: slot.partial().cloned(),
+                result: slot.result().cloned(),
                 attempts: slot.attempts,
             });
-            slot.claim = Some(claim);
+            slot.work_mut().claim = Some(claim);
             let (owner, expired_at, attempts) = (
                 slot.lease.owner.clone(),
                 slot.lease.expires_at,
@@ -113,8 +113,7 @@ impl SpaceState {
         })?;
         let holds = slot.state == SlotState::Leased
             && slot
-                .claim
-                .as_ref()
+                .claim()
                 .is_some_and(|c| c.token == item.claim.token && c.expires_at > now);
         if !holds {
             return Err(lost());
@@ -140,9 +139,8 @@ impl SpaceState {
                 };
                 let at = match placement {
                     Placement::InPlace => {
-                        let op = operation(&lease, body, recovery);
                         self.committed.insert(&lease.operation_id, seq);
-                        self.close_slot(seq, EntryContent::Operation(op), now, outcome);
+                        self.close_slot(seq, Content::recovered(body, recovery), now, outcome);
                         seq
                     }
                     Placement::NewSeq => {
@@ -158,33 +156,28 @@ impl SpaceState {
                 park: wants_park,
             } => {
                 let slot = self.slots.get(seq).expect("checked above");
-                let parked = (wants_park && (slot.partial.is_some() || slot.result.is_some()))
-                    .then(|| {
-                        park(ParkedWork {
-                            id: 0,
-                            space: self.name.clone(),
-                            original_seq: seq,
-                            operation_id: lease.operation_id.clone(),
-                            projection_type: lease.projection_type.clone(),
-                            partial: slot.partial.clone(),
-                            result: slot.result.clone(),
-                            attempts: 0,
-                            state: checked.park_state,
-                            note: detail.clone(),
-                            parked_at: now,
-                            resequenced_at_seq: None,
-                        })
-                    });
+                let parked = (wants_park && slot.has_recorded_work()).then(|| {
+                    park(ParkedWork {
+                        id: 0,
+                        space: self.name.clone(),
+                        original_seq: seq,
+                        operation_id: lease.operation_id.clone(),
+                        projection_type: lease.projection_type.clone(),
+                        partial: slot.partial().cloned(),
+                        result: slot.result().cloned(),
+                        attempts: 0,
+                        state: checked.park_state,
+                        note: detail.clone(),
+                        parked_at: now,
+                        resequenced_at_seq: None,
+                    })
+                });
                 if let Some(id) = parked {
                     let detail = Some(format!("recovery queue item {id}"));
                     self.record(seq, now, SlotEventKind::Parked, "recovery", detail);
                 }
-                let gap = Gap {
-                    reason: GapReason::Expired,
-                    superseded_by: None,
-                    detail,
-                };
-                self.close_slot(seq, EntryContent::Gap(gap), now, outcome);
+                let gap = Content::gap(GapReason::Expired, None, detail);
+                self.close_slot(seq, gap, now, outcome);
                 ResolveOutcome::Gapped { parked }
             }
         };
@@ -192,12 +185,8 @@ impl SpaceState {
     }
 
     fn supersede(&mut self, seq: u64, by: u64, now: Timestamp, outcome: &mut BatchOutcome) {
-        let gap = Gap {
-            reason: GapReason::Superseded,
-            superseded_by: Some(by),
-            detail: None,
-        };
-        self.close_slot(seq, EntryContent::Gap(gap), now, outcome);
+        let gap = Content::gap(GapReason::Superseded, Some(by), None);
+        self.close_slot(seq, gap, now, outcome);
     }
 
     /// Allocate the next seq already COMMITTED with recovered work; returns it.
@@ -217,22 +206,14 @@ impl SpaceState {
             renewals: 0,
             ..lease.clone()
         };
-        let op = operation(lease, body, recovery);
         self.committed.insert(&lease.operation_id, n);
-        self.slots.push(Slot {
-            lease: record,
-            state: SlotState::Committed,
-            partial: None,
-            result: None,
-            resolved: Some((now, EntryContent::Operation(op))),
-            claim: None,
-            attempts: 0,
-        });
+        let content = Content::recovered(body, recovery);
+        self.slots.push(Slot::resolved(record, now, content));
         // The new slot is resolved at birth; the watermark may pass it once earlier ones are.
         while self
             .slots
             .get(self.watermark + 1)
-            .is_some_and(|s| s.resolved.is_some())
+            .is_some_and(Slot::is_resolved)
         {
             self.watermark += 1;
         }
@@ -319,14 +300,5 @@ impl SpaceState {
         };
         item.state = ParkedState::Resequenced;
         item.resequenced_at_seq = Some(at);
-    }
-}
-
-fn operation(lease: &LeaseRecord, body: OperationBody, recovery: RecoveryInfo) -> Operation {
-    Operation {
-        operation_id: lease.operation_id.clone(),
-        projection_type: lease.projection_type.clone(),
-        body,
-        recovery: Some(recovery),
     }
 }

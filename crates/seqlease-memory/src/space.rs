@@ -4,34 +4,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::committed::CommittedIndex;
+use crate::slot::{Content, Slot};
 
 use seqlease_core::{
-    BatchOutcome, Command, CommitOutcome, CommitStatus, Entry, EntryContent, Fence, Gap, GapReason,
-    GrantRequest, LeaseError, LeaseKey, LeaseRecord, Operation, OperationBody, ReleaseOutcome,
-    Reply, SlotEventKind, SlotState, SlotView, SpaceConfig, SpaceInfo, SpaceName, Timestamp, Token,
+    BatchOutcome, Command, CommitOutcome, CommitStatus, Entry, Fence, GapReason, GrantRequest,
+    LeaseError, LeaseKey, LeaseRecord, OperationBody, ReleaseOutcome, Reply, SlotEventKind,
+    SlotState, SlotView, SpaceConfig, SpaceInfo, SpaceName, Timestamp, Token,
 };
-
-#[derive(Debug)]
-pub(crate) struct Slot {
-    pub(crate) lease: LeaseRecord,
-    pub(crate) state: SlotState,
-    pub(crate) partial: Option<Vec<u8>>,
-    pub(crate) result: Option<OperationBody>,
-    /// Set once, when the slot resolves.
-    pub(crate) resolved: Option<(Timestamp, EntryContent)>,
-    /// A cleaner's claim on the expired slot.
-    pub(crate) claim: Option<Claim>,
-    /// How many times the slot was claimed.
-    pub(crate) attempts: u32,
-}
-
-/// A cleaner's claim on an expired slot.
-#[derive(Debug)]
-pub(crate) struct Claim {
-    pub(crate) token: Token,
-    pub(crate) cleaner: String,
-    pub(crate) expires_at: Timestamp,
-}
 
 #[derive(Debug)]
 pub(crate) struct SpaceState {
@@ -98,11 +77,11 @@ impl SpaceState {
             Command::Grant(req) => self.grant(PreparedGrant::new(req, now)).map(Reply::Granted),
             Command::Renew { key, ttl } => self.renew(&key, ttl, now),
             Command::RecordPartial { key, data } => {
-                self.live_slot(&key, now)?.partial = Some(data);
+                self.live_slot(&key, now)?.work_mut().partial = Some(data);
                 Ok(Reply::Recorded)
             }
             Command::RecordResult { key, body } => {
-                self.live_slot(&key, now)?.result = Some(body);
+                self.live_slot(&key, now)?.work_mut().result = Some(body);
                 Ok(Reply::Recorded)
             }
             Command::Commit { key, body } => self.commit(&key, body, now, outcome, epoch_of),
@@ -123,15 +102,7 @@ impl SpaceState {
         } = grant;
         let seq = self.slots.len() + 1;
         (reply.seq, kept.seq) = (seq, seq);
-        self.slots.push(Slot {
-            lease: kept,
-            state: SlotState::Leased,
-            partial: None,
-            result: None,
-            resolved: None,
-            claim: None,
-            attempts: 0,
-        });
+        self.slots.push(Slot::leased(kept));
         self.leased.insert(seq);
         Ok(reply)
     }
@@ -188,27 +159,16 @@ impl SpaceState {
             .lease
             .operation_id;
         if let Some(existing) = self.committed.get(operation_id, &self.slots) {
-            let gap = Gap {
-                reason: GapReason::Superseded,
-                superseded_by: Some(existing),
-                detail: None,
-            };
-            self.close_slot(seq, EntryContent::Gap(gap), now, outcome);
+            let gap = Content::gap(GapReason::Superseded, Some(existing), None);
+            self.close_slot(seq, gap, now, outcome);
             let status = CommitStatus::Duplicate { slot: seq };
             return Ok(Reply::Committed(CommitOutcome {
                 seq: existing,
                 status,
             }));
         }
-        let lease = &self.slots.get(seq).expect("checked above").lease;
-        let op = Operation {
-            operation_id: lease.operation_id.clone(),
-            projection_type: lease.projection_type.clone(),
-            body,
-            recovery: None,
-        };
-        self.committed.insert(&op.operation_id, seq);
-        self.close_slot(seq, EntryContent::Operation(op), now, outcome);
+        self.committed.insert(operation_id, seq);
+        self.close_slot(seq, Content::committed(body), now, outcome);
         Ok(Reply::Committed(CommitOutcome {
             seq,
             status: CommitStatus::Committed,
@@ -223,7 +183,7 @@ impl SpaceState {
         outcome: &mut BatchOutcome,
     ) -> Result<Reply, LeaseError> {
         let slot = self.live_slot(key, now)?;
-        if slot.partial.is_some() || slot.result.is_some() {
+        if slot.has_recorded_work() {
             // Recorded work is never dropped (I5): expire now, recovery takes it from here.
             slot.lease.expires_at = now;
             let owner = slot.lease.owner.clone();
@@ -236,40 +196,27 @@ impl SpaceState {
             );
             return Ok(Reply::Released(ReleaseOutcome::HandedToRecovery));
         }
-        let gap = Gap {
-            reason: GapReason::Released,
-            superseded_by: None,
-            detail,
-        };
-        self.close_slot(key.seq, EntryContent::Gap(gap), now, outcome);
+        let gap = Content::gap(GapReason::Released, None, detail);
+        self.close_slot(key.seq, gap, now, outcome);
         Ok(Reply::Released(ReleaseOutcome::Gap))
     }
 
     pub(crate) fn close_slot(
         &mut self,
         seq: u64,
-        content: EntryContent,
+        content: Content,
         now: Timestamp,
         outcome: &mut BatchOutcome,
     ) {
-        let slot = self
-            .slots
+        self.slots
             .get_mut(seq)
-            .expect("resolve is called on a granted slot");
-        debug_assert!(slot.resolved.is_none(), "a slot resolves once (I2)");
-        slot.state = match &content {
-            EntryContent::Operation(_) => SlotState::Committed,
-            EntryContent::Gap(g) => SlotState::Gap(g.reason),
-        };
-        slot.partial = None;
-        slot.result = None;
-        slot.claim = None;
-        slot.resolved = Some((now, content));
+            .expect("resolve is called on a granted slot")
+            .resolve(now, content);
         self.leased.remove(&seq);
         while self
             .slots
             .get(self.watermark + 1)
-            .is_some_and(|s| s.resolved.is_some())
+            .is_some_and(Slot::is_resolved)
         {
             self.watermark += 1;
         }
@@ -313,8 +260,7 @@ impl SpaceState {
             .map(|seq| {
                 let slot = self.slots.get(seq).expect("seq <= watermark <= last seq");
                 let (resolved_at, content) = slot
-                    .resolved
-                    .clone()
+                    .entry_content()
                     .expect("every slot at or below the watermark is resolved");
                 Entry {
                     space: self.name.clone(),
@@ -335,8 +281,8 @@ impl SpaceState {
         Some(SlotView {
             lease,
             state: slot.state,
-            partial: slot.partial.clone(),
-            result: slot.result.clone(),
+            partial: slot.partial().cloned(),
+            result: slot.result().cloned(),
         })
     }
 }
