@@ -126,20 +126,17 @@ impl Hasher for PreHashed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::slot::{Content, Slot};
+    use crate::slot::{Content, Labels, Slot, SlotLease};
     use seqlease_core::{LeaseRecord, OperationBody, SpaceName, Timestamp, Token};
 
     fn committed_slot(seq: u64, operation_id: &str) -> Slot {
         let body = OperationBody::new("k", vec![]);
-        Slot::resolved(
-            leased(seq, operation_id),
-            Timestamp(1),
-            Content::committed(body),
-        )
+        let content = Content::committed(body, &mut Labels::default());
+        Slot::resolved(leased(seq, operation_id), Timestamp(1), content)
     }
 
-    fn leased(seq: u64, operation_id: &str) -> LeaseRecord {
-        LeaseRecord {
+    fn leased(seq: u64, operation_id: &str) -> SlotLease {
+        let record = LeaseRecord {
             space: SpaceName::new("s").unwrap(),
             seq,
             token: Token::random(),
@@ -150,7 +147,8 @@ mod tests {
             leased_at: Timestamp(0),
             expires_at: Timestamp(1),
             renewals: 0,
-        }
+        };
+        SlotLease::new(&record, operation_id.into(), &mut Labels::default())
     }
 
     #[test]

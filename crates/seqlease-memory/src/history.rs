@@ -59,7 +59,7 @@ impl SpaceState {
             actor: actor.into(),
             detail,
         };
-        let owner = slot.lease.owner.as_str();
+        let owner: &str = &slot.lease.owner;
         let mut events = Vec::with_capacity(2);
         let appended = matches!(slot.resolution(), Some((_, Content::Committed { recovery: Some(r), .. })) if r.original_seq != seq);
         if !appended {

@@ -11,7 +11,7 @@ use seqlease_core::{
     Token,
 };
 
-use crate::slot::{Claim, Content, Slot};
+use crate::slot::{Claim, Content, Slot, SlotLease};
 use crate::space::SpaceState;
 
 impl SpaceState {
@@ -21,13 +21,15 @@ impl SpaceState {
         &'a self,
         now: Timestamp,
         cleaner: Option<&'a str>,
-    ) -> impl Iterator<Item = &'a Slot> {
-        self.leased.iter().filter_map(move |&seq| {
-            let slot = self.slots.get(seq)?;
+    ) -> impl Iterator<Item = u64> + 'a {
+        self.leased.iter().copied().filter(move |&seq| {
+            let Some(slot) = self.slots.get(seq) else {
+                return false;
+            };
             let live_claim = slot
                 .claim()
                 .is_some_and(|c| c.expires_at > now && Some(c.cleaner.as_str()) != cleaner);
-            (slot.lease.expires_at <= now && !live_claim).then_some(slot)
+            slot.lease.expires_at <= now && !live_claim
         })
     }
 
@@ -50,7 +52,6 @@ impl SpaceState {
         let seqs: Vec<u64> = self
             .claimable(now, Some(&req.cleaner))
             .take(req.limit)
-            .map(|s| s.lease.seq)
             .collect();
         let mut claimed = Vec::with_capacity(seqs.len());
         for seq in seqs {
@@ -64,7 +65,7 @@ impl SpaceState {
             claimed.push(ExpiredSlot {
                 lease: LeaseRecord {
                     token: Token([0; 16]),
-                    ..slot.lease.clone()
+                    ..slot.lease.record(&self.name, seq)
                 },
                 claim: ClaimKey {
                     space: self.name.clone(),
@@ -118,7 +119,7 @@ impl SpaceState {
         if !holds {
             return Err(lost());
         }
-        let lease = slot.lease.clone();
+        let lease = slot.lease.record(&self.name, seq);
         if let Some(existing) = self.committed.get(&lease.operation_id, &self.slots) {
             self.supersede(seq, existing, now, outcome);
             return Ok(Reply::Resolved(ResolveOutcome::Duplicate { existing }));
@@ -140,7 +141,8 @@ impl SpaceState {
                 let at = match placement {
                     Placement::InPlace => {
                         self.committed.insert(&lease.operation_id, seq);
-                        self.close_slot(seq, Content::recovered(body, recovery), now, outcome);
+                        let content = Content::recovered(body, recovery, &mut self.labels);
+                        self.close_slot(seq, content, now, outcome);
                         seq
                     }
                     Placement::NewSeq => {
@@ -207,8 +209,13 @@ impl SpaceState {
             ..lease.clone()
         };
         self.committed.insert(&lease.operation_id, n);
-        let content = Content::recovered(body, recovery);
-        self.slots.push(Slot::resolved(record, now, content));
+        let content = Content::recovered(body, recovery, &mut self.labels);
+        let kept = SlotLease::new(
+            &record,
+            record.operation_id.as_str().into(),
+            &mut self.labels,
+        );
+        self.slots.push(Slot::resolved(kept, now, content));
         // The new slot is resolved at birth; the watermark may pass it once earlier ones are.
         while self
             .slots
@@ -229,8 +236,9 @@ impl SpaceState {
         epoch_of: &dyn Fn(&str) -> u64,
         outcome: &mut BatchOutcome,
     ) -> Result<Reply, LeaseError> {
+        let name = self.name.clone();
         let slot = self.slot_with_token(&item.key)?;
-        let lease = slot.lease.clone();
+        let lease = slot.lease.record(&name, item.key.seq);
         let facts = LateSlot {
             state: slot.state,
             expires_at: lease.expires_at,

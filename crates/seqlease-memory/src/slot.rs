@@ -4,18 +4,24 @@
 //! slot is memory the kernel first has to zero (a quarter of a single-threaded bench
 //! profile was `clear_page`), so a slot is kept small:
 //! - a committed operation's id and projection type are the lease's (a slot only ever holds
-//!   the operation it was granted for), so they are not stored a second time;
-//! - work recorded while leased, a cleaner's claim, a gap's explanation and recovery
-//!   details are rare, so they are boxed.
+//!   the operation it was granted for), so they are not stored a second time; nor are the
+//!   space and the seq, which are where the slot is kept;
+//! - the labels every slot repeats (owner, projection type, operation kind) are shared
+//!   copies from the space's [`Labels`];
+//! - work recorded while leased, a cleaner's claim, a fence, a gap's explanation and
+//!   recovery details are rare, so they are boxed.
+
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use seqlease_core::{
-    EntryContent, Gap, GapReason, LeaseRecord, Operation, OperationBody, RecoveryInfo, SlotState,
-    Timestamp, Token,
+    EntryContent, Fence, Gap, GapReason, LeaseRecord, Operation, OperationBody, RecoveryInfo,
+    SlotState, SpaceName, Timestamp, Token,
 };
 
 #[derive(Debug)]
 pub(crate) struct Slot {
-    pub(crate) lease: LeaseRecord,
+    pub(crate) lease: SlotLease,
     pub(crate) state: SlotState,
     /// How many times the slot was claimed.
     pub(crate) attempts: u32,
@@ -23,6 +29,100 @@ pub(crate) struct Slot {
     work: Option<Box<Work>>,
     /// Set once, when the slot resolves.
     resolved: Option<(Timestamp, Content)>,
+}
+
+/// A slot's lease, as the slot keeps it.
+#[derive(Debug)]
+pub(crate) struct SlotLease {
+    pub(crate) token: Token,
+    pub(crate) operation_id: Box<str>,
+    pub(crate) projection_type: Arc<str>,
+    pub(crate) owner: Arc<str>,
+    pub(crate) fence: Option<Box<Fence>>,
+    pub(crate) leased_at: Timestamp,
+    pub(crate) expires_at: Timestamp,
+    pub(crate) renewals: u32,
+}
+
+impl SlotLease {
+    /// Keep `record` (its operation id already copied into `operation_id`).
+    pub(crate) fn new(record: &LeaseRecord, operation_id: Box<str>, labels: &mut Labels) -> Self {
+        SlotLease {
+            token: record.token,
+            operation_id,
+            projection_type: labels.intern(&record.projection_type),
+            owner: labels.intern(&record.owner),
+            fence: record.fence.clone().map(Box::new),
+            leased_at: record.leased_at,
+            expires_at: record.expires_at,
+            renewals: record.renewals,
+        }
+    }
+
+    /// The lease record of the slot `seq` of `space`.
+    pub(crate) fn record(&self, space: &SpaceName, seq: u64) -> LeaseRecord {
+        LeaseRecord {
+            space: space.clone(),
+            seq,
+            token: self.token,
+            operation_id: self.operation_id.to_string(),
+            projection_type: self.projection_type.to_string(),
+            owner: self.owner.to_string(),
+            fence: self.fence.as_deref().cloned(),
+            leased_at: self.leased_at,
+            expires_at: self.expires_at,
+            renewals: self.renewals,
+        }
+    }
+}
+
+/// Shared copies of the labels a log repeats on every slot, one per distinct value.
+#[derive(Debug, Default)]
+pub(crate) struct Labels {
+    known: HashSet<Arc<str>, foldhash::fast::RandomState>,
+}
+
+impl Labels {
+    /// Beyond this many distinct labels new ones are kept unshared, so a caller that
+    /// makes every owner unique cannot grow the table without bound.
+    const MAX: usize = 4096;
+
+    pub(crate) fn intern(&mut self, label: &str) -> Arc<str> {
+        if let Some(known) = self.known.get(label) {
+            return known.clone();
+        }
+        let label: Arc<str> = Arc::from(label);
+        if self.known.len() < Self::MAX {
+            self.known.insert(label.clone());
+        }
+        label
+    }
+}
+
+/// An operation body as a resolved slot keeps it.
+#[derive(Debug)]
+pub(crate) struct StoredBody {
+    kind: Arc<str>,
+    payload: Box<[u8]>,
+    source_event_id: Option<Box<str>>,
+}
+
+impl StoredBody {
+    pub(crate) fn new(body: OperationBody, labels: &mut Labels) -> Self {
+        StoredBody {
+            kind: labels.intern(&body.kind),
+            payload: body.payload.into_boxed_slice(),
+            source_event_id: body.source_event_id.map(String::into_boxed_str),
+        }
+    }
+
+    fn body(&self) -> OperationBody {
+        OperationBody {
+            kind: self.kind.to_string(),
+            payload: self.payload.to_vec(),
+            source_event_id: self.source_event_id.as_deref().map(str::to_owned),
+        }
+    }
 }
 
 /// What a leased slot may carry besides its lease.
@@ -45,7 +145,7 @@ pub(crate) struct Claim {
 #[derive(Debug)]
 pub(crate) enum Content {
     Committed {
-        body: OperationBody,
+        body: StoredBody,
         /// Present when recovery, not the worker, committed it.
         recovery: Option<Box<RecoveryInfo>>,
     },
@@ -53,16 +153,20 @@ pub(crate) enum Content {
 }
 
 impl Content {
-    pub(crate) fn committed(body: OperationBody) -> Self {
+    pub(crate) fn committed(body: OperationBody, labels: &mut Labels) -> Self {
         Content::Committed {
-            body,
+            body: StoredBody::new(body, labels),
             recovery: None,
         }
     }
 
-    pub(crate) fn recovered(body: OperationBody, recovery: RecoveryInfo) -> Self {
+    pub(crate) fn recovered(
+        body: OperationBody,
+        recovery: RecoveryInfo,
+        labels: &mut Labels,
+    ) -> Self {
         Content::Committed {
-            body,
+            body: StoredBody::new(body, labels),
             recovery: Some(Box::new(recovery)),
         }
     }
@@ -89,7 +193,7 @@ impl Content {
 
 impl Slot {
     /// A freshly granted slot.
-    pub(crate) fn leased(lease: LeaseRecord) -> Self {
+    pub(crate) fn leased(lease: SlotLease) -> Self {
         Slot {
             lease,
             state: SlotState::Leased,
@@ -100,7 +204,7 @@ impl Slot {
     }
 
     /// A slot resolved the moment it is appended (work re-sequenced by recovery).
-    pub(crate) fn resolved(lease: LeaseRecord, at: Timestamp, content: Content) -> Self {
+    pub(crate) fn resolved(lease: SlotLease, at: Timestamp, content: Content) -> Self {
         Slot {
             lease,
             state: content.state(),
@@ -161,9 +265,9 @@ impl Slot {
         let (at, content) = self.resolved.as_ref()?;
         let content = match content {
             Content::Committed { body, recovery } => EntryContent::Operation(Operation {
-                operation_id: self.lease.operation_id.clone(),
-                projection_type: self.lease.projection_type.clone(),
-                body: body.clone(),
+                operation_id: self.lease.operation_id.to_string(),
+                projection_type: self.lease.projection_type.to_string(),
+                body: body.body(),
                 recovery: recovery.as_deref().cloned(),
             }),
             Content::Gap(gap) => EntryContent::Gap((**gap).clone()),
@@ -178,12 +282,29 @@ mod tests {
 
     #[test]
     fn a_slot_stays_small() {
-        // The log keeps one of these per seq; the lease record is most of it.
-        let budget = std::mem::size_of::<LeaseRecord>() + 112;
+        // The log keeps one of these per seq, for as long as it is retained.
+        let budget = 192;
         assert!(
             std::mem::size_of::<Slot>() <= budget,
             "Slot is {} bytes, budget {budget}",
             std::mem::size_of::<Slot>()
         );
+    }
+
+    #[test]
+    fn labels_are_shared_up_to_a_bound() {
+        let mut labels = Labels::default();
+        let a = labels.intern("worker-1");
+        assert!(Arc::ptr_eq(&a, &labels.intern("worker-1")));
+        for i in 0..Labels::MAX {
+            labels.intern(&format!("owner-{i}"));
+        }
+        let late = labels.intern("late");
+        assert_eq!(&*late, "late");
+        assert!(
+            !Arc::ptr_eq(&late, &labels.intern("late")),
+            "past the bound: unshared"
+        );
+        assert!(Arc::ptr_eq(&a, &labels.intern("worker-1")));
     }
 }

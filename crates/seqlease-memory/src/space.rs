@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::committed::CommittedIndex;
-use crate::slot::{Content, Slot};
+use crate::slot::{Content, Labels, Slot, SlotLease};
 
 use seqlease_core::{
     BatchOutcome, Command, CommitOutcome, CommitStatus, Entry, Fence, GapReason, GrantRequest,
@@ -23,6 +23,8 @@ pub(crate) struct SpaceState {
     pub(crate) slots: Slots,
     /// operation id → seq of its committed entry (I6).
     pub(crate) committed: CommittedIndex,
+    /// The owners, projection types and kinds the slots share.
+    pub(crate) labels: Labels,
     /// Recorded history events per seq (the derivable ones are not stored).
     pub(crate) events: std::collections::BTreeMap<u64, Vec<seqlease_core::SlotEvent>>,
     /// Consumers by name: checkpoint, retain flag, last change.
@@ -41,6 +43,7 @@ impl SpaceState {
             events: Default::default(),
             slots: Slots::default(),
             committed: CommittedIndex::default(),
+            labels: Labels::default(),
             consumers: Default::default(),
             retention: Vec::new(),
         }
@@ -98,11 +101,12 @@ impl SpaceState {
         }
         let PreparedGrant {
             mut reply,
-            mut kept,
+            operation_id,
         } = grant;
         let seq = self.slots.len() + 1;
-        (reply.seq, kept.seq) = (seq, seq);
-        self.slots.push(Slot::leased(kept));
+        reply.seq = seq;
+        let lease = SlotLease::new(&reply, operation_id, &mut self.labels);
+        self.slots.push(Slot::leased(lease));
         self.leased.insert(seq);
         Ok(reply)
     }
@@ -168,7 +172,8 @@ impl SpaceState {
             }));
         }
         self.committed.insert(operation_id, seq);
-        self.close_slot(seq, Content::committed(body), now, outcome);
+        let content = Content::committed(body, &mut self.labels);
+        self.close_slot(seq, content, now, outcome);
         Ok(Reply::Committed(CommitOutcome {
             seq,
             status: CommitStatus::Committed,
@@ -265,8 +270,8 @@ impl SpaceState {
                 Entry {
                     space: self.name.clone(),
                     seq,
-                    lease_operation_id: slot.lease.operation_id.clone(),
-                    owner: slot.lease.owner.clone(),
+                    lease_operation_id: slot.lease.operation_id.to_string(),
+                    owner: slot.lease.owner.to_string(),
                     resolved_at,
                     content,
                 }
@@ -276,7 +281,7 @@ impl SpaceState {
 
     pub(crate) fn view(&self, seq: u64) -> Option<SlotView> {
         let slot = self.slots.get(seq)?;
-        let mut lease = slot.lease.clone();
+        let mut lease = slot.lease.record(&self.name, seq);
         lease.token = Token([0; 16]);
         Some(SlotView {
             lease,
@@ -305,11 +310,11 @@ impl Prepared {
     }
 }
 
-/// A grant's lease record twice: the reply, and the slot's own copy. The seq is set under
-/// the lock.
+/// A grant's lease record (the reply) and the slot's own copy of its operation id. The seq
+/// is set under the lock.
 pub(crate) struct PreparedGrant {
     reply: LeaseRecord,
-    kept: LeaseRecord,
+    operation_id: Box<str>,
 }
 
 impl PreparedGrant {
@@ -327,7 +332,7 @@ impl PreparedGrant {
             renewals: 0,
         };
         PreparedGrant {
-            kept: reply.clone(),
+            operation_id: reply.operation_id.as_str().into(),
             reply,
         }
     }
