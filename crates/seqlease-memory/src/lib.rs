@@ -18,6 +18,7 @@ mod recovery;
 mod resources;
 mod slot;
 mod space;
+mod spare;
 
 use std::sync::Arc;
 
@@ -43,6 +44,8 @@ pub struct MemoryStore {
     parked: Mutex<Vec<ParkedWork>>,
     /// Resource leases and their epochs. Lock order: a space, then this.
     resources: Mutex<resources::Resources>,
+    /// The next chunk of slots for whichever space fills its current one.
+    spare: spare::SpareChunk,
 }
 
 impl MemoryStore {
@@ -58,6 +61,7 @@ impl MemoryStore {
             spaces: RwLock::new(foldhash::HashMap::default()),
             parked: Mutex::new(Vec::new()),
             resources: Mutex::new(resources::Resources::default()),
+            spare: spare::SpareChunk::default(),
         }
     }
 
@@ -86,9 +90,11 @@ impl MemoryStore {
         outcome: &mut BatchOutcome,
     ) -> Result<Reply, LeaseError> {
         let command = space::Prepared::new(command, now);
+        self.spare.prepare();
+        let epoch_of = |r: &str| self.resources.lock().epoch(r);
         space
             .lock()
-            .apply(command, now, outcome, &|r| self.resources.lock().epoch(r))
+            .apply(command, now, outcome, &epoch_of, &self.spare)
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::committed::CommittedIndex;
 use crate::slot::{Content, Labels, Slot, SlotLease};
+use crate::spare::{CHUNK, SpareChunk};
 
 use seqlease_core::{
     BatchOutcome, Command, CommitOutcome, CommitStatus, Entry, Fence, GapReason, GrantRequest,
@@ -59,25 +60,30 @@ impl SpaceState {
         }
     }
 
-    /// Apply one command. `epoch_of` reads a resource's current epoch, for fences (I9).
+    /// Apply one command. `epoch_of` reads a resource's current epoch, for fences (I9);
+    /// a grant that starts a new chunk of the log takes it from `spare`.
     pub(crate) fn apply(
         &mut self,
         command: Prepared,
         now: Timestamp,
         outcome: &mut BatchOutcome,
         epoch_of: &dyn Fn(&str) -> u64,
+        spare: &SpareChunk,
     ) -> Result<Reply, LeaseError> {
         let command = match command {
             Prepared::Grant(grant) => {
                 if let Some(fence) = &grant.reply.fence {
                     check_fence(fence, epoch_of)?;
                 }
-                return self.grant(grant).map(Reply::Granted);
+                return self.grant(grant, spare).map(Reply::Granted);
             }
             Prepared::Other(command) => command,
         };
         match command {
-            Command::Grant(req) => self.grant(PreparedGrant::new(req, now)).map(Reply::Granted),
+            Command::Grant(req) => {
+                let grant = PreparedGrant::new(req, now);
+                self.grant(grant, spare).map(Reply::Granted)
+            }
             Command::Renew { key, ttl } => self.renew(&key, ttl, now),
             Command::RecordPartial { key, data } => {
                 self.live_slot(&key, now)?.work_mut().partial = Some(data);
@@ -92,7 +98,11 @@ impl SpaceState {
         }
     }
 
-    fn grant(&mut self, grant: PreparedGrant) -> Result<LeaseRecord, LeaseError> {
+    fn grant(
+        &mut self,
+        grant: PreparedGrant,
+        spare: &SpareChunk,
+    ) -> Result<LeaseRecord, LeaseError> {
         if self.leased.len() as u32 >= self.capacity {
             return Err(LeaseError::AtCapacity {
                 space: self.name.clone(),
@@ -106,6 +116,11 @@ impl SpaceState {
         let seq = self.slots.len() + 1;
         reply.seq = seq;
         let lease = SlotLease::new(&reply, operation_id, &mut self.labels);
+        if self.slots.is_full()
+            && let Some(chunk) = spare.take()
+        {
+            self.slots.add_chunk(chunk);
+        }
         self.slots.push(Slot::leased(lease));
         self.leased.insert(seq);
         Ok(reply)
@@ -382,19 +397,29 @@ pub(crate) struct Slots {
     floor: u64,
 }
 
-const CHUNK: usize = 4096;
-
 impl Slots {
     pub(crate) fn len(&self) -> u64 {
         self.len
     }
 
     pub(crate) fn push(&mut self, slot: Slot) {
-        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
+        if self.is_full() {
             self.chunks.push(Vec::with_capacity(CHUNK));
         }
         self.chunks.last_mut().expect("just ensured").push(slot);
         self.len += 1;
+    }
+
+    /// Whether the next push starts a new chunk.
+    pub(crate) fn is_full(&self) -> bool {
+        self.chunks.last().is_none_or(|c| c.len() == CHUNK)
+    }
+
+    /// Start the next chunk with `chunk` (empty, room for [`CHUNK`] slots), if it is due.
+    pub(crate) fn add_chunk(&mut self, chunk: Vec<Slot>) {
+        if self.is_full() && chunk.is_empty() && chunk.capacity() >= CHUNK {
+            self.chunks.push(chunk);
+        }
     }
 
     fn position(&self, seq: u64) -> Option<(usize, usize)> {
