@@ -50,6 +50,7 @@ macro_rules! conformance_suite {
             dropped_or_cancelled_lease_releases_its_slot,
             grant_many_in_one_batch,
             local_deadline_is_never_after_store_expiry,
+            execute_one_answers_as_a_batch_of_one,
         );
         #[test]
         fn model_random_sequences_match_reference() {

@@ -1229,3 +1229,65 @@ pub async fn local_deadline_is_never_after_store_expiry(h: &dyn Harness) {
         store_left
     );
 }
+
+/// `Store::execute_one` answers a command as a batch of one would, including the space's
+/// progress when it resolves a slot (the engine uses it whenever group commit is off).
+pub async fn execute_one_answers_as_a_batch_of_one(h: &dyn Harness) {
+    use seqlease_core::GrantRequest;
+    let fx = h.fresh().await;
+    let name = seqlease::SpaceName::new("one").unwrap();
+    fx.store
+        .ensure_space(&name, &SpaceConfig { capacity: 4 })
+        .await
+        .unwrap();
+    let grant = |id: &str, space: &seqlease::SpaceName| {
+        Command::Grant(GrantRequest {
+            space: space.clone(),
+            operation_id: id.into(),
+            projection_type: "t".into(),
+            owner: "conformance".into(),
+            ttl: TTL,
+            fence: None,
+        })
+    };
+    let one = fx.store.execute_one(grant("op-1", &name)).await.unwrap();
+    let Ok(Reply::Granted(first)) = one.reply else {
+        panic!("grant answered {:?}", one.reply);
+    };
+    assert_eq!(
+        (first.seq, one.progress),
+        (1, None),
+        "a grant resolves nothing"
+    );
+    let batch = fx.store.execute(vec![grant("op-2", &name)]).await.unwrap();
+    assert!(matches!(&batch.replies[..], [Ok(Reply::Granted(r))] if r.seq == 2));
+
+    let key = LeaseKey {
+        space: name.clone(),
+        seq: 1,
+        token: first.token,
+    };
+    let one = fx
+        .store
+        .execute_one(Command::Commit { key, body: body(1) })
+        .await
+        .unwrap();
+    assert!(
+        matches!(&one.reply, Ok(Reply::Committed(c)) if c.seq == 1 && c.status == CommitStatus::Committed),
+        "commit answered {:?}",
+        one.reply
+    );
+    let progress = one.progress.expect("a commit reports its space's progress");
+    assert_eq!(
+        (progress.space, progress.watermark, progress.freed),
+        (name.clone(), 1, 1)
+    );
+
+    let unknown = seqlease::SpaceName::new("never-made").unwrap();
+    let one = fx.store.execute_one(grant("op-3", &unknown)).await.unwrap();
+    assert!(
+        matches!(one.reply, Err(LeaseError::UnknownSpace { .. })),
+        "unknown space answered {:?}",
+        one.reply
+    );
+}
