@@ -69,3 +69,47 @@ mod worker {
     use super::*;
     seqlease_conformance::worker_suite!(Memory { group_commit: None });
 }
+
+/// Spaces made by many tasks at once, several per name, are one space per name: the
+/// store's copy-on-write space map must not lose a space another task made meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spaces_made_concurrently_are_one_per_name() {
+    use seqlease::{SpaceConfig, SpaceName};
+    use seqlease_core::{Command, GrantRequest, Reply};
+    let store = Arc::new(MemoryStore::new());
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let name = SpaceName::new(&format!("s{}", i % 8)).unwrap();
+                store
+                    .ensure_space(&name, &SpaceConfig { capacity: 64 })
+                    .await
+                    .unwrap();
+                let grant = Command::Grant(GrantRequest {
+                    space: name,
+                    operation_id: format!("op-{i}"),
+                    projection_type: "t".into(),
+                    owner: "test".into(),
+                    ttl: std::time::Duration::from_secs(30),
+                    fence: None,
+                });
+                let one = store.execute_one(grant).await.unwrap();
+                assert!(
+                    matches!(one.reply, Ok(Reply::Granted(_))),
+                    "{:?}",
+                    one.reply
+                );
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let spaces = store.list_spaces().await.unwrap();
+    assert_eq!(spaces.len(), 8);
+    assert!(
+        spaces.iter().all(|s| s.last_seq == 4 && s.in_flight == 4),
+        "{spaces:?}"
+    );
+}

@@ -22,8 +22,9 @@ mod spare;
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use seqlease_core::{
     BatchOutcome, BatchingHint, ClaimRequest, Clock, Command, Entry, ExpiredSlot, HistoryQuery,
     LateCommit, LeaseError, OneOutcome, ParkedAction, ParkedCommand, ParkedQuery, ParkedWork,
@@ -35,11 +36,15 @@ use seqlease_core::{ConsumerError, ConsumerState, RetentionEvent, validate_consu
 
 use space::SpaceState;
 
+type SpaceMap = foldhash::HashMap<SpaceName, Arc<Mutex<SpaceState>>>;
+
 /// A store that keeps everything in process memory.
 #[derive(Debug)]
 pub struct MemoryStore {
     clock: Arc<dyn Clock>,
-    spaces: RwLock<foldhash::HashMap<SpaceName, Arc<Mutex<SpaceState>>>>,
+    /// Read on every command, written only when a space is made: readers take a snapshot
+    /// without writing to a line both cores share (an `RwLock`'s reader count).
+    spaces: ArcSwap<SpaceMap>,
     /// The recovery queue; an item's id is its index + 1.
     parked: Mutex<Vec<ParkedWork>>,
     /// Resource leases and their epochs. Lock order: a space, then this.
@@ -58,7 +63,7 @@ impl MemoryStore {
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         MemoryStore {
             clock,
-            spaces: RwLock::new(foldhash::HashMap::default()),
+            spaces: ArcSwap::default(),
             parked: Mutex::new(Vec::new()),
             resources: Mutex::new(resources::Resources::default()),
             spare: spare::SpareChunk::default(),
@@ -66,7 +71,7 @@ impl MemoryStore {
     }
 
     fn space(&self, name: &SpaceName) -> Option<Arc<Mutex<SpaceState>>> {
-        self.spaces.read().get(name).cloned()
+        self.spaces.load().get(name).cloned()
     }
 
     /// The space for a consumer call, with the consumer name validated.
@@ -134,12 +139,23 @@ impl Store for MemoryStore {
         name: &SpaceName,
         config: &SpaceConfig,
     ) -> Result<SpaceInfo, StoreError> {
-        let space = {
-            let mut spaces = self.spaces.write();
-            spaces
-                .entry(name.clone())
-                .or_insert_with(|| Arc::new(Mutex::new(SpaceState::new(name.clone(), config))))
-                .clone()
+        let known = self.spaces.load().get(name).cloned();
+        let space = match known {
+            Some(space) => space,
+            None => {
+                let fresh = Arc::new(Mutex::new(SpaceState::new(name.clone(), config)));
+                let mut space = fresh.clone();
+                // Copy on write; the closure reruns if another space was made meanwhile.
+                self.spaces.rcu(|map| {
+                    let mut map = SpaceMap::clone(map);
+                    space = map
+                        .entry(name.clone())
+                        .or_insert_with(|| fresh.clone())
+                        .clone();
+                    map
+                });
+                space
+            }
         };
         let mut state = space.lock();
         state.capacity = config.capacity;
@@ -151,7 +167,7 @@ impl Store for MemoryStore {
     }
 
     async fn list_spaces(&self) -> Result<Vec<SpaceInfo>, StoreError> {
-        let spaces: Vec<_> = self.spaces.read().values().cloned().collect();
+        let spaces: Vec<_> = self.spaces.load().values().cloned().collect();
         let mut infos: Vec<SpaceInfo> = spaces.iter().map(|s| s.lock().info()).collect();
         infos.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(infos)
@@ -165,10 +181,10 @@ impl Store for MemoryStore {
         };
         // Commands of one batch usually target one space: look it up once per run of
         // commands. Each command takes the space lock on its own; nothing in memory can fail
-        // half-way, so per-command atomicity is all a batch needs here. The map's read guard
-        // is held across the batch instead of cloning the space's `Arc`: both cost a write
-        // to a line every core shares, and the guard costs it once per batch.
-        let spaces = self.spaces.read();
+        // half-way, so per-command atomicity is all a batch needs here. The map snapshot
+        // is held across the batch instead of cloning the space's `Arc` per command (a
+        // write to a line every core shares).
+        let spaces = self.spaces.load();
         let mut current: Option<(&SpaceName, &Mutex<SpaceState>)> = None;
         for command in commands {
             let name = command.space();
@@ -190,7 +206,7 @@ impl Store for MemoryStore {
         // Empty vectors do not allocate: only a command that resolves a slot pushes its
         // space's progress.
         let mut outcome = BatchOutcome::default();
-        let reply = match self.spaces.read().get(command.space()) {
+        let reply = match self.spaces.load().get(command.space()) {
             Some(space) => self.apply(space, command, now, &mut outcome),
             None => Err(unknown_space(command.space())),
         };
@@ -220,7 +236,7 @@ impl Store for MemoryStore {
 
     async fn expired_backlog(&self) -> Result<Vec<(SpaceName, u64)>, StoreError> {
         let now = self.clock.now();
-        let spaces: Vec<_> = self.spaces.read().values().cloned().collect();
+        let spaces: Vec<_> = self.spaces.load().values().cloned().collect();
         let mut backlog: Vec<(SpaceName, u64)> = spaces
             .iter()
             .map(|s| {
@@ -419,7 +435,7 @@ impl Store for MemoryStore {
     }
 
     async fn prune_slot_history(&self, before: Timestamp) -> Result<u64, StoreError> {
-        let spaces: Vec<_> = self.spaces.read().values().cloned().collect();
+        let spaces: Vec<_> = self.spaces.load().values().cloned().collect();
         Ok(spaces.iter().map(|s| s.lock().prune_history(before)).sum())
     }
 
@@ -485,7 +501,7 @@ impl Store for MemoryStore {
     ) -> Result<Vec<ConsumerState>, StoreError> {
         let mut spaces: Vec<_> = match space {
             Some(name) => self.space(name).into_iter().collect(),
-            None => self.spaces.read().values().cloned().collect(),
+            None => self.spaces.load().values().cloned().collect(),
         };
         spaces.sort_by(|a, b| a.lock().name.cmp(&b.lock().name));
         Ok(spaces
