@@ -50,9 +50,9 @@ pub(super) fn register(meter: &Meter, shared: &Arc<Shared>) -> Vec<ObservableCou
             .with_description(spec.description)
             .with_callback(move |observer| {
                 for space in shared.spaces.iter() {
-                    for counts in space.by_type.iter() {
+                    for counts in space.by_type.load().values() {
                         // A series starts with its first event, as a synchronous counter's does.
-                        let n = total(&counts).load(Ordering::Relaxed);
+                        let n = total(counts).load(Ordering::Relaxed);
                         if n > 0 {
                             observer.observe(n, &counts.kv);
                         }
