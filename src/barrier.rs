@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 use std::task::{Context, Poll};
 
-use dashmap::DashMap;
+use arc_swap::ArcSwap;
 use seqlease_core::{SpaceName, SpaceProgress};
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
@@ -143,28 +143,44 @@ impl SpaceSignals {
     }
 }
 
-/// The signals of every space this engine has opened.
+/// The signals of every space this engine has opened. Read after every store call that
+/// resolved a slot, written only when a space is opened: a snapshot, so a lookup writes no
+/// line the cores share (a `DashMap` shard's lock word).
 #[derive(Debug, Default)]
 pub(crate) struct Spaces {
-    by_name: DashMap<SpaceName, Arc<SpaceSignals>, foldhash::fast::RandomState>,
+    by_name: ArcSwap<foldhash::HashMap<SpaceName, Arc<SpaceSignals>>>,
 }
 
 impl Spaces {
     /// The signals of `space`, created at `watermark` on first use.
     pub(crate) fn signals(&self, space: &SpaceName, watermark: u64) -> Arc<SpaceSignals> {
-        let signals = self
-            .by_name
-            .entry(space.clone())
-            .or_insert_with(|| Arc::new(SpaceSignals::new(watermark)))
-            .clone();
+        let known = self.by_name.load().get(space).cloned();
+        let signals = known.unwrap_or_else(|| {
+            let fresh = Arc::new(SpaceSignals::new(watermark));
+            let mut signals = fresh.clone();
+            // Copy on write; the closure reruns if another space was opened meanwhile.
+            self.by_name.rcu(|spaces| {
+                let mut spaces = foldhash::HashMap::clone(spaces);
+                signals = spaces
+                    .entry(space.clone())
+                    .or_insert_with(|| fresh.clone())
+                    .clone();
+                spaces
+            });
+            signals
+        });
         signals.raise_watermark(watermark);
         signals
     }
 
     /// Feed a store batch's progress to the waiters.
     pub(crate) fn apply_progress(&self, progress: &[SpaceProgress]) {
+        if progress.is_empty() {
+            return; // most grants resolve nothing
+        }
+        let by_name = self.by_name.load();
         for p in progress {
-            if let Some(signals) = self.by_name.get(&p.space) {
+            if let Some(signals) = by_name.get(&p.space) {
                 signals.raise_watermark(p.watermark);
                 if p.freed > 0 {
                     signals.freed.wake();
