@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 use std::task::{Context, Poll};
 
-use arc_swap::ArcSwap;
-use seqlease_core::{SpaceName, SpaceProgress};
+use seqlease_core::{SnapshotMap, SpaceName, SpaceProgress};
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
@@ -148,27 +147,15 @@ impl SpaceSignals {
 /// line the cores share (a `DashMap` shard's lock word).
 #[derive(Debug, Default)]
 pub(crate) struct Spaces {
-    by_name: ArcSwap<foldhash::HashMap<SpaceName, Arc<SpaceSignals>>>,
+    by_name: SnapshotMap<SpaceName, Arc<SpaceSignals>>,
 }
 
 impl Spaces {
     /// The signals of `space`, created at `watermark` on first use.
     pub(crate) fn signals(&self, space: &SpaceName, watermark: u64) -> Arc<SpaceSignals> {
-        let known = self.by_name.load().get(space).cloned();
-        let signals = known.unwrap_or_else(|| {
-            let fresh = Arc::new(SpaceSignals::new(watermark));
-            let mut signals = fresh.clone();
-            // Copy on write; the closure reruns if another space was opened meanwhile.
-            self.by_name.rcu(|spaces| {
-                let mut spaces = foldhash::HashMap::clone(spaces);
-                signals = spaces
-                    .entry(space.clone())
-                    .or_insert_with(|| fresh.clone())
-                    .clone();
-                spaces
-            });
-            signals
-        });
+        let signals = self
+            .by_name
+            .get_or_insert_with(space, || Arc::new(SpaceSignals::new(watermark)));
         signals.raise_watermark(watermark);
         signals
     }

@@ -32,14 +32,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{MeterProvider as _, ObservableCounter, ObservableGauge};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use seqlease_core::{
-    CommitOutcome, CommitStatus, InvalidInput, LeaseError, ReleaseOutcome, SpaceInfo, SpaceName,
-    StoreError, Timestamp,
+    CommitOutcome, CommitStatus, InvalidInput, LeaseError, ReleaseOutcome, SnapshotMap, SpaceInfo,
+    SpaceName, StoreError, Timestamp,
 };
 
 pub use alerts::{Alert, AlertKind, AlertThresholds};
@@ -75,7 +74,7 @@ pub(crate) struct SpaceTelemetry {
     /// Attributes and lease counters per projection type. Looked up by every grant and
     /// written only for a new type: a snapshot, so a lookup writes no line the cores share
     /// (a `DashMap` shard's lock word).
-    by_type: ArcSwap<foldhash::HashMap<String, Arc<TypeCounts>>>,
+    by_type: SnapshotMap<String, Arc<TypeCounts>>,
     /// `[space, reason]` for expired, released, superseded.
     gap_kv: [[KeyValue; 2]; 3],
     /// `[space, result]` for renewed, failed.
@@ -231,7 +230,7 @@ impl EngineTelemetry {
                     last_seq: AtomicU64::new(0),
                     in_flight: AtomicI64::new(0),
                     backlog: AtomicU64::new(UNSET_U64),
-                    by_type: ArcSwap::default(),
+                    by_type: SnapshotMap::default(),
                     gap_kv: [
                         kv("reason", "expired"),
                         kv("reason", "released"),
@@ -262,23 +261,11 @@ impl EngineTelemetry {
     /// (no lookup by name per grant).
     pub(crate) fn lease_in(space: &Arc<SpaceTelemetry>, projection_type: &str) -> LeaseTelemetry {
         let space = space.clone();
-        let known = space.by_type.load().get(projection_type).cloned();
-        let counts = known.unwrap_or_else(|| {
-            let fresh = Arc::new(TypeCounts::new([
+        let counts = space.by_type.get_or_insert_with(projection_type, || {
+            Arc::new(TypeCounts::new([
                 space.space_kv[0].clone(),
                 KeyValue::new("projection_type", projection_type.to_string()),
-            ]));
-            let mut counts = fresh.clone();
-            // Copy on write; the closure reruns if another type was added meanwhile.
-            space.by_type.rcu(|types| {
-                let mut types = foldhash::HashMap::clone(types);
-                counts = types
-                    .entry(projection_type.to_string())
-                    .or_insert_with(|| fresh.clone())
-                    .clone();
-                types
-            });
-            counts
+            ]))
         });
         LeaseTelemetry { space, counts }
     }

@@ -16,6 +16,7 @@ pub mod late;
 pub mod name;
 pub mod recovery;
 pub mod resource;
+pub mod snapshot;
 pub mod store;
 pub mod time;
 pub mod types;
@@ -38,6 +39,7 @@ pub use recovery::{
 pub use resource::{
     ResourceCommand, ResourceEvent, ResourceEventKind, ResourceLease, ResourceQuery, ResourceReply,
 };
+pub use snapshot::SnapshotMap;
 pub use store::{BatchingHint, ProgressListener, SlotView, Store};
 pub use time::{Clock, ManualClock, SystemClock, TimeControl, Timestamp};
 pub use types::{

@@ -22,7 +22,6 @@ mod spare;
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use seqlease_core::{
@@ -32,11 +31,9 @@ use seqlease_core::{
     SlotEventKind, SlotView, SpaceConfig, SpaceInfo, SpaceName, Store, StoreError, SystemClock,
     Timestamp,
 };
-use seqlease_core::{ConsumerError, ConsumerState, RetentionEvent, validate_consumer};
+use seqlease_core::{ConsumerError, ConsumerState, RetentionEvent, SnapshotMap, validate_consumer};
 
 use space::SpaceState;
-
-type SpaceMap = foldhash::HashMap<SpaceName, Arc<Mutex<SpaceState>>>;
 
 /// A store that keeps everything in process memory.
 #[derive(Debug)]
@@ -44,7 +41,7 @@ pub struct MemoryStore {
     clock: Arc<dyn Clock>,
     /// Read on every command, written only when a space is made: readers take a snapshot
     /// without writing to a line both cores share (an `RwLock`'s reader count).
-    spaces: ArcSwap<SpaceMap>,
+    spaces: SnapshotMap<SpaceName, Arc<Mutex<SpaceState>>>,
     /// The recovery queue; an item's id is its index + 1.
     parked: Mutex<Vec<ParkedWork>>,
     /// Resource leases and their epochs. Lock order: a space, then this.
@@ -63,7 +60,7 @@ impl MemoryStore {
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         MemoryStore {
             clock,
-            spaces: ArcSwap::default(),
+            spaces: SnapshotMap::default(),
             parked: Mutex::new(Vec::new()),
             resources: Mutex::new(resources::Resources::default()),
             spare: spare::SpareChunk::default(),
@@ -139,24 +136,9 @@ impl Store for MemoryStore {
         name: &SpaceName,
         config: &SpaceConfig,
     ) -> Result<SpaceInfo, StoreError> {
-        let known = self.spaces.load().get(name).cloned();
-        let space = match known {
-            Some(space) => space,
-            None => {
-                let fresh = Arc::new(Mutex::new(SpaceState::new(name.clone(), config)));
-                let mut space = fresh.clone();
-                // Copy on write; the closure reruns if another space was made meanwhile.
-                self.spaces.rcu(|map| {
-                    let mut map = SpaceMap::clone(map);
-                    space = map
-                        .entry(name.clone())
-                        .or_insert_with(|| fresh.clone())
-                        .clone();
-                    map
-                });
-                space
-            }
-        };
+        let space = self.spaces.get_or_insert_with(name, || {
+            Arc::new(Mutex::new(SpaceState::new(name.clone(), config)))
+        });
         let mut state = space.lock();
         state.capacity = config.capacity;
         Ok(state.info())
