@@ -112,7 +112,7 @@ impl SpaceState {
             space: self.name.clone(),
             seq,
         })?;
-        let holds = slot.state == SlotState::Leased
+        let holds = slot.state() == SlotState::Leased
             && slot
                 .claim()
                 .is_some_and(|c| c.token == item.claim.token && c.expires_at > now);
@@ -240,7 +240,7 @@ impl SpaceState {
         let slot = self.slot_with_token(&item.key)?;
         let lease = slot.lease.record(&name, item.key.seq);
         let facts = LateSlot {
-            state: slot.state,
+            state: slot.state(),
             expires_at: lease.expires_at,
             fence: lease.fence.as_ref(),
             current_epoch: lease.fence.as_ref().map_or(0, |f| epoch_of(&f.resource)),

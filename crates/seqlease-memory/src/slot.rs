@@ -22,7 +22,6 @@ use seqlease_core::{
 #[derive(Debug)]
 pub(crate) struct Slot {
     pub(crate) lease: SlotLease,
-    pub(crate) state: SlotState,
     /// How many times the slot was claimed.
     pub(crate) attempts: u32,
     /// Work recorded while leased, and a cleaner's claim; dropped when the slot resolves.
@@ -196,7 +195,6 @@ impl Slot {
     pub(crate) fn leased(lease: SlotLease) -> Self {
         Slot {
             lease,
-            state: SlotState::Leased,
             attempts: 0,
             work: None,
             resolved: None,
@@ -207,7 +205,6 @@ impl Slot {
     pub(crate) fn resolved(lease: SlotLease, at: Timestamp, content: Content) -> Self {
         Slot {
             lease,
-            state: content.state(),
             attempts: 0,
             work: None,
             resolved: Some((at, content)),
@@ -239,11 +236,17 @@ impl Slot {
         self.resolved.is_some()
     }
 
+    /// LEASED until it resolves; then what its content says.
+    pub(crate) fn state(&self) -> SlotState {
+        self.resolved
+            .as_ref()
+            .map_or(SlotState::Leased, |(_, content)| content.state())
+    }
+
     /// Resolve the slot (once, I2): its state follows the content; recorded work and any
     /// claim are dropped with the lease's life.
     pub(crate) fn resolve(&mut self, at: Timestamp, content: Content) {
         debug_assert!(self.resolved.is_none(), "a slot resolves once (I2)");
-        self.state = content.state();
         self.work = None;
         self.resolved = Some((at, content));
     }

@@ -159,7 +159,7 @@ impl SpaceState {
         epoch_of: &dyn Fn(&str) -> u64,
     ) -> Result<Reply, LeaseError> {
         let slot = self.slot_with_token(key)?;
-        if slot.state == SlotState::Committed {
+        if slot.state() == SlotState::Committed {
             // The same holder retrying after an ambiguous failure: answer, change nothing.
             let status = CommitStatus::AlreadyCommitted;
             return Ok(Reply::Committed(CommitOutcome {
@@ -254,11 +254,11 @@ impl SpaceState {
         // bumps the name's shared count.
         let name = &self.name;
         let slot = token_checked(name, &mut self.slots, key)?;
-        if slot.state != SlotState::Leased {
+        if slot.state() != SlotState::Leased {
             return Err(LeaseError::Resolved {
                 space: name.clone(),
                 seq: key.seq,
-                state: slot.state,
+                state: slot.state(),
             });
         }
         if slot.lease.expires_at <= now {
@@ -300,7 +300,7 @@ impl SpaceState {
         lease.token = Token([0; 16]);
         Some(SlotView {
             lease,
-            state: slot.state,
+            state: slot.state(),
             partial: slot.partial().cloned(),
             result: slot.result().cloned(),
         })
