@@ -71,19 +71,13 @@ impl SpaceState {
         spare: &SpareChunk,
     ) -> Result<Reply, LeaseError> {
         let command = match command {
-            Prepared::Grant(grant) => {
-                if let Some(fence) = &grant.reply.fence {
-                    check_fence(fence, epoch_of)?;
-                }
-                return self.grant(grant, spare).map(Reply::Granted);
-            }
+            Prepared::Grant(grant) => return self.grant(grant, epoch_of, spare),
             Prepared::Other(command) => command,
         };
         match command {
-            Command::Grant(req) => {
-                let grant = PreparedGrant::new(req, now);
-                self.grant(grant, spare).map(Reply::Granted)
-            }
+            // `Prepared::new` never leaves a grant here; if one arrives anyway it takes the
+            // same path, fence check included.
+            Command::Grant(req) => self.grant(PreparedGrant::new(req, now), epoch_of, spare),
             Command::Renew { key, ttl } => self.renew(&key, ttl, now),
             Command::RecordPartial { key, data } => {
                 self.live_slot(&key, now)?.work_mut().partial = Some(data);
@@ -101,8 +95,12 @@ impl SpaceState {
     fn grant(
         &mut self,
         grant: PreparedGrant,
+        epoch_of: &dyn Fn(&str) -> u64,
         spare: &SpareChunk,
-    ) -> Result<LeaseRecord, LeaseError> {
+    ) -> Result<Reply, LeaseError> {
+        if let Some(fence) = &grant.reply.fence {
+            check_fence(fence, epoch_of)?;
+        }
         if self.leased.len() as u32 >= self.capacity {
             return Err(LeaseError::AtCapacity {
                 space: self.name.clone(),
@@ -123,7 +121,7 @@ impl SpaceState {
         }
         self.slots.push(Slot::leased(lease));
         self.leased.insert(seq);
-        Ok(reply)
+        Ok(Reply::Granted(reply))
     }
 
     fn renew(
