@@ -72,8 +72,23 @@ pub(crate) fn path_from_url(url: &str) -> Result<&Path, StoreError> {
     Ok(Path::new(rest))
 }
 
+/// SQLite would ignore a page size that is not a power of two in 512..=65536 without a
+/// word; refuse it instead.
+fn check_page_size(page_size: u32) -> Result<(), StoreError> {
+    if page_size.is_power_of_two() && (512..=65536).contains(&page_size) {
+        return Ok(());
+    }
+    Err(StoreError::Backend {
+        backend: BACKEND,
+        detail: format!(
+            "page size {page_size} is not a power of two from 512 to 65536; set SqliteOptions::page_size to one (4096 is the default)"
+        ),
+    })
+}
+
 /// Open (creating if missing) the database at `path`, migrate it and connect.
 pub(crate) async fn open(path: &Path, opts: &SqliteOptions) -> Result<Pools, StoreError> {
+    check_page_size(opts.page_size)?;
     let base = SqliteConnectOptions::new()
         .filename(path)
         .busy_timeout(opts.busy_timeout)
@@ -89,6 +104,8 @@ pub(crate) async fn open(path: &Path, opts: &SqliteOptions) -> Result<Pools, Sto
     let mut setup = base
         .clone()
         .create_if_missing(true)
+        // Only a file created now takes it: WAL mode fixes an existing file's page size.
+        .page_size(opts.page_size)
         .journal_mode(SqliteJournalMode::Wal)
         .connect()
         .await

@@ -210,6 +210,70 @@ async fn missing_directory_is_a_clear_error() {
     assert!(!path.exists());
 }
 
+async fn page_size_of(path: &Path) -> i64 {
+    let mut conn = SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("connect");
+    let (size,): (i64,) = sqlx::query_as("PRAGMA page_size")
+        .fetch_one(&mut conn)
+        .await
+        .expect("page size");
+    size
+}
+
+#[tokio::test]
+async fn a_new_file_takes_the_page_size_and_an_old_one_keeps_its_own() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("pages.db");
+    let clock = Arc::new(ManualClock::new());
+    let with_pages = |page_size| SqliteOptions {
+        page_size,
+        ..options(&clock)
+    };
+    let store = SqliteStore::open(&path, with_pages(1024))
+        .await
+        .expect("open");
+    let space = space("pages");
+    store
+        .ensure_space(&space, &SpaceConfig { capacity: 8 })
+        .await
+        .expect("space");
+    let lease = grant_one(&store, &space, "op-1").await;
+    committed(&run_one(&store, commit(&lease, "{}")).await);
+    store.close().await;
+    assert_eq!(page_size_of(&path).await, 1024);
+
+    // Reopened with another size: the file keeps 1024 and its entry.
+    let store = SqliteStore::open(&path, with_pages(8192))
+        .await
+        .expect("reopen");
+    assert_eq!(page_size_of(&path).await, 1024);
+    let entries = store.read(&space, 1, 10).await.expect("read");
+    assert_eq!(entries.len(), 1);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_page_size_sqlite_would_ignore_is_refused() {
+    let dir = TempDir::new().unwrap();
+    for bad in [0, 256, 1000, 131_072] {
+        let path = dir.path().join(format!("bad-{bad}.db"));
+        let opts = SqliteOptions {
+            page_size: bad,
+            ..SqliteOptions::default()
+        };
+        let err = SqliteStore::open(&path, opts).await.unwrap_err();
+        match &err {
+            StoreError::Backend { detail, .. } => {
+                assert!(detail.contains(&format!("page size {bad}")), "{detail}");
+                assert!(detail.contains("SqliteOptions::page_size"), "{detail}");
+            }
+            other => panic!("expected Backend for page size {bad}, got {other:?}"),
+        }
+        assert!(!path.exists(), "no file is created for page size {bad}");
+    }
+}
+
 #[tokio::test]
 async fn a_directory_is_not_a_database_file() {
     let dir = TempDir::new().unwrap();
