@@ -104,7 +104,7 @@ pub struct SqliteOptions {
     /// from 512 to 65536). A file that exists keeps the size it was made with. 4096 is
     /// SQLite's default. Smaller pages mean fewer bytes in the WAL per commit. On this
     /// project's bench, 1024 made commits of 1 KB operations 33–55 % faster. Commits of
-    /// 64-byte operations were ~3 % faster, 4 KB operations ~5 % slower, and replays ~25 %
+    /// 64-byte operations were ~3 % faster, 4 KB operations 1–13 % slower, and replays ~25 %
     /// slower (docs/benchmarks.md, "SQLite page size").
     pub page_size: u32,
 }
