@@ -47,6 +47,11 @@ impl Fixture {
     pub fn advance(&self, by: Duration) {
         self.time.advance(by);
     }
+
+    /// Step the store's clock back.
+    pub fn step_back(&self, by: Duration) {
+        self.time.step_back(by);
+    }
 }
 
 /// The engine settings the suite uses unless a check needs others.

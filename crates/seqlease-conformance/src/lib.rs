@@ -87,6 +87,7 @@ macro_rules! recovery_suite {
             background_service_resolves_expired_slots,
             recovery_never_duplicates_a_committed_operation,
             late_work_is_resequenced_never_duplicated,
+            clock_steps_change_no_decision_already_made,
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {

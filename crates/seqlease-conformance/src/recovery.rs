@@ -21,6 +21,7 @@ use seqlease_core::{
 
 use crate::harness::{Fixture, Harness};
 pub use crate::late::late_work_is_resequenced_never_duplicated;
+use crate::suite::lease_err;
 
 const TTL: Duration = Duration::from_secs(30);
 const SOON: Duration = Duration::from_secs(20);
@@ -977,4 +978,82 @@ mod parking_lot_free {
             std::mem::take(&mut *self.0.lock().expect("not poisoned"))
         }
     }
+}
+
+/// Clock steps change no decision already made. Real clocks step (an NTP correction, a VM
+/// resumed from a snapshot), and the store's clock decides expiry (I3): a jump forward
+/// expires every open lease at once, a step back gives the open ones longer. What was
+/// resolved stays resolved (I2), the log reads the same and the watermark stays (I7), new
+/// leases take the next seqs (I1), a committed operation is still a duplicate (I6), and
+/// recovered work is committed, not dropped (I5).
+pub async fn clock_steps_change_no_decision_already_made(h: &dyn Harness) {
+    let (fx, engine, s) = setup(h, 100).await;
+    let cleanup = engine.cleanup().config(config("c1")).build().await.unwrap();
+    let mut expired = s.grant(Grant::new("a", "orders").ttl(TTL)).await.unwrap();
+    let mut committed = s.grant(Grant::new("b", "orders").ttl(TTL)).await.unwrap();
+    let mut with_result = s.grant(Grant::new("r", "orders").ttl(TTL)).await.unwrap();
+    committed.commit(body("b")).await.unwrap();
+    with_result.record_result(body("r")).await.unwrap();
+
+    // A jump forward past every expiry: both open leases are expired at once.
+    fx.advance(TTL * 10);
+    let report = cleanup.run_once().await.unwrap();
+    assert_eq!(
+        (report.claimed, report.recovered_total(), report.gapped),
+        (2, 1, 1),
+        "the jump expired seqs 1 and 3: one gap, one retried result"
+    );
+    assert_eq!(s.wait_for(3, SOON).await.unwrap(), 3);
+    let before = read_all(&s).await;
+    assert_eq!(before[0].gap().map(|g| g.reason), Some(GapReason::Expired));
+    assert_eq!(before[2].operation().map(|o| &o.body), Some(&body("r")));
+
+    // A step back to before any of these leases was granted: by the store's clock the
+    // expired lease has time left again, and its holder still has the token.
+    fx.step_back(TTL * 20);
+    let e = lease_err(expired.commit(body("a")).await).await;
+    assert!(
+        matches!(e, LeaseError::Resolved { seq: 1, .. }),
+        "I2: a resolved slot took a commit after a clock step: {e:?}"
+    );
+    assert_eq!(
+        cleanup.run_once().await.unwrap().claimed,
+        0,
+        "the step back reopened nothing"
+    );
+    assert_eq!(read_all(&s).await, before, "I7: the log reads the same");
+    assert_eq!(
+        s.info().await.unwrap().watermark,
+        3,
+        "I7: the watermark stays"
+    );
+    let mut duplicate = s.grant(Grant::new("b", "orders").ttl(TTL)).await.unwrap();
+    assert_eq!(duplicate.seq(), 4, "I1: the next seq");
+    let outcome = duplicate.commit(body("b")).await.unwrap();
+    assert_eq!(
+        (outcome.seq, outcome.status),
+        (2, CommitStatus::Duplicate { slot: 4 }),
+        "I6: the operation committed before the step is still there"
+    );
+    let mut granted_in_the_past = s.grant(Grant::new("p", "orders").ttl(TTL)).await.unwrap();
+    assert_eq!(granted_in_the_past.seq(), 5);
+
+    // Back to the present: the lease granted before it is long expired.
+    fx.advance(TTL * 20);
+    let e = lease_err(granted_in_the_past.commit(body("p")).await).await;
+    assert!(
+        matches!(e, LeaseError::Expired { seq: 5, .. }),
+        "I3: a lease granted before the clock came back outlived its expiry: {e:?}"
+    );
+    let report = cleanup.run_once().await.unwrap();
+    assert_eq!((report.claimed, report.gapped), (1, 1));
+    assert_eq!(s.wait_for(5, SOON).await.unwrap(), 5);
+    let log = read_all(&s).await;
+    assert_eq!(log[..3], before[..], "I2: what was resolved never changes");
+    assert_eq!(
+        log.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert_eq!(log[3].gap().map(|g| g.reason), Some(GapReason::Superseded));
+    assert_eq!(log[4].gap().map(|g| g.reason), Some(GapReason::Expired));
 }

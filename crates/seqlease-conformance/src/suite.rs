@@ -27,7 +27,7 @@ async fn space(engine: &Engine, name: &str) -> Space {
     engine.space(name).await.expect("space opens")
 }
 
-async fn lease_err<T: std::fmt::Debug>(r: Result<T, Error>) -> LeaseError {
+pub(crate) async fn lease_err<T: std::fmt::Debug>(r: Result<T, Error>) -> LeaseError {
     match r {
         Err(Error::Lease(e)) => e,
         other => panic!("expected a lease error, got {other:?}"),

@@ -81,13 +81,17 @@ impl Clock for SystemClock {
     }
 }
 
-/// Lets a test move a store's clock forward.
+/// Lets a test move a store's clock.
 ///
 /// Implemented by [`ManualClock`] for the in-process stores, and by an offset added to the
 /// database clock for PostgreSQL, so one conformance suite drives expiry on every store.
 pub trait TimeControl: Send + Sync + 'static {
     /// Move the store's notion of "now" forward by `by`.
     fn advance(&self, by: Duration);
+
+    /// Move the store's notion of "now" back by `by`, as a clock step (an NTP correction, a
+    /// VM restored from a snapshot) does to a real clock.
+    fn step_back(&self, by: Duration);
 }
 
 /// A clock that only moves when told to. Starts at a fixed, realistic instant.
@@ -130,6 +134,10 @@ impl Clock for ManualClock {
 impl TimeControl for ManualClock {
     fn advance(&self, by: Duration) {
         self.micros.fetch_add(duration_micros(by), Ordering::SeqCst);
+    }
+
+    fn step_back(&self, by: Duration) {
+        self.micros.fetch_sub(duration_micros(by), Ordering::SeqCst);
     }
 }
 

@@ -108,7 +108,7 @@ impl PgClock {
         PgClock::default()
     }
 
-    /// A clock frozen at `at`, moved only by [`TimeControl::advance`] (tests).
+    /// A clock frozen at `at`, moved only by [`TimeControl`] (tests).
     pub fn pinned_at(at: Timestamp) -> Self {
         PgClock {
             pinned: true,
@@ -126,6 +126,10 @@ impl PgClock {
 impl TimeControl for PgClock {
     fn advance(&self, by: Duration) {
         self.micros.fetch_add(duration_micros(by), Ordering::SeqCst);
+    }
+
+    fn step_back(&self, by: Duration) {
+        self.micros.fetch_sub(duration_micros(by), Ordering::SeqCst);
     }
 }
 
