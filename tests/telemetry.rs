@@ -20,7 +20,8 @@ use prost::Message;
 use seqlease::cleanup::{CleanupConfig, PartialWorkResolver};
 use seqlease::core::ExpiredSlot;
 use seqlease::telemetry::{
-    AlertKind, AlertThresholds, INSTRUMENTS, InstrumentKind, OtlpExport, Telemetry,
+    AlertKind, AlertThresholds, INSTRUMENTS, InstrumentKind, MAX_PROJECTION_TYPES,
+    OTHER_PROJECTION_TYPES, OtlpExport, Telemetry,
 };
 use seqlease::{Acquire, Engine, Grant, ManualClock, OperationBody, TimeControl};
 
@@ -446,6 +447,61 @@ async fn a_workload_on_memory_reaches_an_otlp_grpc_receiver() {
             .find(|kv| kv.key == "service.name")
     };
     assert!(format!("{service:?}").contains("seqlease"));
+    engine.shutdown_telemetry().await.unwrap();
+}
+
+/// An application that puts ids where projection-type names belong gets its first
+/// `MAX_PROJECTION_TYPES` types counted apart and the rest under `(other)`: the lease
+/// counters of a space export a bounded number of series, and nothing goes uncounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projection_types_beyond_the_cap_are_counted_together() {
+    let received = Received::default();
+    let endpoint = grpc_receiver(received.clone()).await;
+    let engine = Engine::builder()
+        .url("memory")
+        .telemetry(Telemetry::Otlp(
+            OtlpExport::grpc(endpoint).interval(Duration::from_secs(3600)),
+        ))
+        .build()
+        .await
+        .unwrap();
+    let space = engine.space("ids").await.unwrap();
+    let beyond = 40;
+    let types = MAX_PROJECTION_TYPES + beyond;
+    for i in 0..types {
+        let mut lease = space
+            .grant(Grant::new(format!("op-{i}"), format!("type-{i}")))
+            .await
+            .unwrap();
+        lease
+            .commit(OperationBody::new("noop", Vec::new()))
+            .await
+            .unwrap();
+    }
+    engine.flush_telemetry().await.unwrap();
+    let points = last_export(&received);
+    let granted = &points["seqlease.lease.granted"];
+    assert_eq!(
+        granted.len(),
+        MAX_PROJECTION_TYPES + 1,
+        "one series per counted type, one for the rest"
+    );
+    let total: f64 = granted.iter().map(|p| p.value).sum();
+    assert_eq!(total, types as f64, "every grant counted");
+    let other = [
+        ("space", "ids"),
+        ("projection_type", OTHER_PROJECTION_TYPES),
+    ];
+    assert_eq!(
+        value(&points, "seqlease.lease.granted", &other),
+        beyond as f64
+    );
+    assert_eq!(
+        value(&points, "seqlease.lease.committed", &other),
+        beyond as f64
+    );
+    let first = [("space", "ids"), ("projection_type", "type-0")];
+    assert_eq!(value(&points, "seqlease.lease.committed", &first), 1.0);
     engine.shutdown_telemetry().await.unwrap();
 }
 

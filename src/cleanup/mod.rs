@@ -499,7 +499,12 @@ impl Cleanup {
                         failed_step,
                     } => {
                         if let Some(step) = failed_step {
-                            telemetry.recovery(step, false, &slot.lease.projection_type);
+                            telemetry.recovery(
+                                step,
+                                false,
+                                &slot.lease.space,
+                                &slot.lease.projection_type,
+                            );
                         }
                         let recorded = slot.partial.is_some() || slot.result.is_some();
                         let detail = match (failure, skipped, recorded) {
@@ -534,7 +539,7 @@ impl Cleanup {
                     Ok(Reply::Resolved(ResolveOutcome::Recovered { .. })) => {
                         let step = step.unwrap_or("unknown");
                         report.count_recovered(step);
-                        telemetry.recovery(step, true, projection_type);
+                        telemetry.recovery(step, true, &slot.lease.space, projection_type);
                         if config.placement == Placement::NewSeq {
                             telemetry.gap(&space_t, GapKind::Superseded);
                         }
@@ -548,7 +553,7 @@ impl Cleanup {
                     Ok(Reply::Resolved(ResolveOutcome::Gapped { parked })) => {
                         report.gapped += 1;
                         report.parked += u64::from(parked.is_some());
-                        telemetry.recovery("gap", true, projection_type);
+                        telemetry.recovery("gap", true, &slot.lease.space, projection_type);
                         telemetry.gap(&space_t, GapKind::Expired);
                         telemetry.slot_resolved(&space_t);
                     }
@@ -609,11 +614,11 @@ impl Cleanup {
             match reply {
                 Ok(Reply::Parked(done)) if done.state == ParkedState::Resequenced => {
                     report.resequenced += 1;
-                    telemetry.recovery("resequence", true, &item.projection_type);
+                    telemetry.recovery("resequence", true, &item.space, &item.projection_type);
                 }
                 Ok(_) => {
                     report.parked_failures += 1;
-                    telemetry.recovery("resequence", false, &item.projection_type);
+                    telemetry.recovery("resequence", false, &item.space, &item.projection_type);
                 }
                 Err(e) => tracing::info!(error = %e, "parked item changed under us"),
             }

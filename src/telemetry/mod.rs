@@ -59,6 +59,13 @@ const UNSET_U8: u8 = u8::MAX;
 const UNSET_U64: u64 = u64::MAX;
 const UNSET_I64: i64 = i64::MIN;
 
+/// Projection types a space counts leases for apart; later ones are counted together.
+pub const MAX_PROJECTION_TYPES: usize = 256;
+
+/// The `projection_type` attribute of the types beyond [`MAX_PROJECTION_TYPES`]. No
+/// projection type can be called this: names have no parentheses.
+pub const OTHER_PROJECTION_TYPES: &str = "(other)";
+
 /// What the engine knows about one space, for gauges and alerts, with its attribute sets
 /// built once.
 pub(crate) struct SpaceTelemetry {
@@ -261,13 +268,27 @@ impl EngineTelemetry {
     /// (no lookup by name per grant).
     pub(crate) fn lease_in(space: &Arc<SpaceTelemetry>, projection_type: &str) -> LeaseTelemetry {
         let space = space.clone();
-        let counts = space.by_type.get_or_insert_with(projection_type, || {
+        let known = space.by_type.load().get(projection_type).cloned();
+        let counts = known.unwrap_or_else(|| Self::new_type(&space, projection_type));
+        LeaseTelemetry { space, counts }
+    }
+
+    /// The counts of a projection type the space has not counted yet: its own, or, once
+    /// the space counts [`MAX_PROJECTION_TYPES`] apart, the shared [`OTHER_PROJECTION_TYPES`].
+    /// The cap bounds the map every grant looks up (an insert copies it) and the series
+    /// exported, when an application puts ids where names belong.
+    fn new_type(space: &SpaceTelemetry, projection_type: &str) -> Arc<TypeCounts> {
+        let label = if space.by_type.load().len() < MAX_PROJECTION_TYPES {
+            projection_type
+        } else {
+            OTHER_PROJECTION_TYPES
+        };
+        space.by_type.get_or_insert_with(label, || {
             Arc::new(TypeCounts::new([
                 space.space_kv[0].clone(),
-                KeyValue::new("projection_type", projection_type.to_string()),
+                KeyValue::new("projection_type", label.to_string()),
             ]))
-        });
-        LeaseTelemetry { space, counts }
+        })
     }
 
     // ---- the lease life cycle (hot path) ----
@@ -359,13 +380,21 @@ impl EngineTelemetry {
         bump(&self.shared.counts.expired, 1);
     }
 
-    /// One recovery outcome: `step` recovered (`ok`) or failed on work of `projection_type`.
-    pub(crate) fn recovery(&self, step: &'static str, ok: bool, projection_type: &str) {
+    /// One recovery outcome: `step` recovered (`ok`) or failed on work of `projection_type`
+    /// in `space`, labelled as the space's lease counts label the type (capped).
+    pub(crate) fn recovery(
+        &self,
+        step: &'static str,
+        ok: bool,
+        space: &SpaceName,
+        projection_type: &str,
+    ) {
         if let Some(i) = &self.instruments {
+            let [_, projection_type] = self.lease(space, projection_type).counts.kv.clone();
             let attrs = [
                 KeyValue::new("step", step),
                 KeyValue::new("outcome", if ok { "success" } else { "failure" }),
-                KeyValue::new("projection_type", projection_type.to_string()),
+                projection_type,
             ];
             i.recovery_outcomes.add(1, &attrs);
         }
