@@ -11,6 +11,7 @@
 //! | `SQLITE_CANTOPEN` (14) | the file cannot be opened or created | [`StoreError::Unavailable`] or [`StoreError::Permission`] |
 //! | `SQLITE_PERM` (3), `SQLITE_READONLY` (8), `SQLITE_AUTH` (23) | not allowed | [`StoreError::Permission`] |
 //! | `SQLITE_BUSY` (5), `SQLITE_LOCKED` (6) | another writer held the lock past the busy timeout | [`StoreError::Unavailable`] (transient) |
+//! | `SQLITE_FULL` (13), `SQLITE_IOERR` (10) | the disk is full, or a read or write of the file failed | [`StoreError::Unavailable`] (transient once space is freed or the disk recovers) |
 //!
 //! A closed pool, a crashed connection worker and I/O errors are [`StoreError::Unavailable`];
 //! everything else is [`StoreError::Backend`] with the driver's message.
@@ -26,7 +27,9 @@ const SQLITE_PERM: i32 = 3;
 const SQLITE_BUSY: i32 = 5;
 const SQLITE_LOCKED: i32 = 6;
 const SQLITE_READONLY: i32 = 8;
+const SQLITE_IOERR: i32 = 10;
 const SQLITE_CORRUPT: i32 = 11;
+const SQLITE_FULL: i32 = 13;
 const SQLITE_CANTOPEN: i32 = 14;
 const SQLITE_AUTH: i32 = 23;
 const SQLITE_NOTADB: i32 = 26;
@@ -174,6 +177,18 @@ fn by_code(code: i32, e: &dyn std::fmt::Display, path: Option<&Path>) -> StoreEr
                 "{e}{at}: another connection held the write lock longer than the busy timeout"
             ),
         },
+        SQLITE_FULL => StoreError::Unavailable {
+            backend: BACKEND,
+            detail: format!(
+                "{e}{at}: the disk is full; free space on it. The failed transaction was rolled back; everything acknowledged before it is kept"
+            ),
+        },
+        SQLITE_IOERR => StoreError::Unavailable {
+            backend: BACKEND,
+            detail: format!(
+                "{e}{at}: the file system refused a read or write; check the disk, its free space and the process's file-size limit (ulimit -f). The failed transaction was rolled back; everything acknowledged before it is kept"
+            ),
+        },
         _ => StoreError::Backend {
             backend: BACKEND,
             detail: format!("{e}{at}"),
@@ -240,5 +255,30 @@ fn cannot_open(path: &Path, e: &dyn std::fmt::Display) -> StoreError {
     StoreError::Unavailable {
         backend: BACKEND,
         detail: format!("cannot open database file {} ({e})", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full disk (`ENOSPC` gives `SQLITE_FULL`) and a refused write (`EFBIG` and other
+    /// I/O errors give `SQLITE_IOERR`, with an extended code in the high bits) are
+    /// transient and say what to do; tests/sqlite_disk_full.rs meets the second for real.
+    #[test]
+    fn a_full_disk_and_a_failed_write_are_transient_and_name_the_file() {
+        let path = Path::new("/data/app.db");
+        for code in [SQLITE_FULL, SQLITE_IOERR, (3 << 8) | SQLITE_IOERR] {
+            let e = map_rusqlite(
+                rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None),
+                path,
+            );
+            assert!(e.is_transient(), "{code}: {e:?}");
+            let text = e.to_string();
+            assert!(
+                text.contains("/data/app.db") && text.contains("rolled back"),
+                "{code}: {text}"
+            );
+        }
     }
 }
