@@ -54,6 +54,12 @@ pub(crate) fn map_sqlx(e: sqlx::Error, target: &str) -> StoreError {
                     "{msg} (server {target}); lower PgOptions::max_connections or raise the server's max_connections"
                 ),
             },
+            "53100" | "58030" => StoreError::Unavailable {
+                backend: BACKEND,
+                detail: format!(
+                    "{msg} (server {target}); the server's disk is full or refused a write: free space on the data directory's disk (and its WAL's). The batch was rolled back; everything acknowledged before it is kept"
+                ),
+            },
             "40001" | "40P01" => StoreError::Unavailable {
                 backend: BACKEND,
                 detail: format!("{msg} (server {target}); the batch was rolled back, retry it"),
