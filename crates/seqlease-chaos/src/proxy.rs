@@ -5,12 +5,19 @@
 //! fails or a load balancer drops its flows: queries in flight fail, pooled connections are
 //! dead, session state (advisory locks, `LISTEN`) is gone. New connections are accepted as
 //! usual, so the processes can reconnect.
+//!
+//! [`Proxy::partition`] is the other way a path fails: nothing is closed, nothing gets
+//! through. Every connection, open or new, stays up on both ends and forwards no byte, as
+//! when a firewall or NAT drops a flow without telling either side. [`Proxy::heal`] ends
+//! it: the connections held through the partition are closed (the bytes caught in them
+//! are lost, as a reset flow's are) and new ones are forwarded again.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::ChaosError;
@@ -21,6 +28,8 @@ pub struct Proxy {
     addr: SocketAddr,
     conns: Arc<Mutex<HashMap<u64, AbortHandle>>>,
     accept: AbortHandle,
+    /// `true` while partitioned.
+    partitioned: watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -34,6 +43,7 @@ impl Proxy {
             .map_err(|e| ChaosError::Setup(format!("proxy: {e}")))?;
         let conns: Arc<Mutex<HashMap<u64, AbortHandle>>> = Arc::default();
         let registry = conns.clone();
+        let (partitioned, partition) = watch::channel(false);
         let accept = tokio::spawn(async move {
             let mut next = 0u64;
             loop {
@@ -43,8 +53,9 @@ impl Proxy {
                 next += 1;
                 let id = next;
                 let registry2 = registry.clone();
+                let partition = partition.clone();
                 let task = tokio::spawn(async move {
-                    forward(client, upstream).await;
+                    forward(client, upstream, partition).await;
                     if let Ok(mut map) = registry2.lock() {
                         map.remove(&id);
                     }
@@ -58,7 +69,18 @@ impl Proxy {
             addr,
             conns,
             accept: accept.abort_handle(),
+            partitioned,
         })
+    }
+
+    /// Start a half-open partition: every connection stays open and forwards nothing.
+    pub fn partition(&self) {
+        self.partitioned.send_replace(true);
+    }
+
+    /// End the partition: close the connections held through it, forward new ones.
+    pub fn heal(&self) {
+        self.partitioned.send_replace(false);
     }
 
     /// The port clients connect to.
@@ -86,11 +108,27 @@ impl Drop for Proxy {
     }
 }
 
-async fn forward(mut client: TcpStream, upstream: SocketAddr) {
+async fn forward(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    mut partition: watch::Receiver<bool>,
+) {
+    if *partition.borrow() {
+        // Accepted during the partition: held open, never forwarded.
+        let _ = partition.wait_for(|p| !*p).await;
+        return;
+    }
     let Ok(mut server) = TcpStream::connect(upstream).await else {
         return; // the server is down (restarting): the client sees its connection close
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+    let partitioned = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+        _ = partition.wait_for(|p| *p) => true,
+    };
+    if partitioned {
+        // Both sockets stay open and silent until the partition heals.
+        let _ = partition.wait_for(|p| !*p).await;
+    }
 }

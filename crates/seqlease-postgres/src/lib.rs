@@ -174,12 +174,20 @@ pub struct PgOptions {
     /// store's transactions take milliseconds; one left open means its process is paused or
     /// stuck while holding row locks that every other process needs.
     pub idle_in_transaction_timeout: Option<Duration>,
+    /// Longest a store call (a batch, a read, a claim, a checkpoint…) waits for the server
+    /// before failing with [`StoreError::Unavailable`] (`None`: no limit). A network path
+    /// that fails without closing the connection (a half-open partition: a firewall or NAT
+    /// that drops the flow) otherwise leaves the call waiting until TCP gives up, about 15
+    /// minutes on Linux, with every command of the engine queued behind it. A batch that
+    /// timed out may still have been applied; a retried commit answers `AlreadyCommitted`.
+    /// Operator prunes (`prune_entries`, `prune_slot_history`) are not limited.
+    pub call_timeout: Option<Duration>,
 }
 
 impl Default for PgOptions {
     /// The database clock, 16 connections, a 5 s connect timeout, migrations on, the
     /// default schema, 1 batch in flight, a 250 ms dead-owner probe, LISTEN on, idle
-    /// transactions ended after 5 s.
+    /// transactions ended after 5 s, calls given up after 30 s without an answer.
     fn default() -> Self {
         PgOptions {
             clock: Arc::new(PgClock::database()),
@@ -191,6 +199,7 @@ impl Default for PgOptions {
             dead_owner_probe: Some(Duration::from_millis(250)),
             listen: true,
             idle_in_transaction_timeout: Some(Duration::from_secs(5)),
+            call_timeout: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -343,6 +352,36 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// Run one store call, or fail with [`StoreError::Unavailable`] when the server has not
+    /// answered within [`PgOptions::call_timeout`]. Dropping the call drops its connection
+    /// mid-statement; the pool does not reuse it.
+    async fn bounded<T, E: From<StoreError>>(
+        &self,
+        what: &'static str,
+        call: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let Some(limit) = self.inner.opts.call_timeout else {
+            return call.await;
+        };
+        tokio::time::timeout(limit, call)
+            .await
+            .unwrap_or_else(|_| Err(no_answer(&self.inner.target, what, limit).into()))
+    }
+}
+
+/// The error of a call that got no answer in time.
+fn no_answer(target: &str, what: &str, limit: Duration) -> StoreError {
+    StoreError::Unavailable {
+        backend: BACKEND,
+        detail: format!(
+            "no answer from PostgreSQL at {target} within {limit:?} ({what}): the network path \
+             or the server is stuck (PgOptions::call_timeout). A batch that timed out may \
+             have been applied: a retried commit answers AlreadyCommitted"
+        ),
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
@@ -358,7 +397,7 @@ impl Store for PgStore {
     }
 
     async fn now(&self) -> Result<Timestamp, StoreError> {
-        read::now(&self.inner).await
+        self.bounded("now", read::now(&self.inner)).await
     }
 
     async fn ensure_space(
@@ -366,25 +405,34 @@ impl Store for PgStore {
         space: &SpaceName,
         config: &SpaceConfig,
     ) -> Result<SpaceInfo, StoreError> {
-        read::ensure_space(&self.inner, space, config).await
+        self.bounded(
+            "ensure space",
+            read::ensure_space(&self.inner, space, config),
+        )
+        .await
     }
 
     async fn space_info(&self, space: &SpaceName) -> Result<Option<SpaceInfo>, StoreError> {
-        read::space_info(&self.inner, space).await
+        self.bounded("space info", read::space_info(&self.inner, space))
+            .await
     }
 
     async fn list_spaces(&self) -> Result<Vec<SpaceInfo>, StoreError> {
-        read::list_spaces(&self.inner).await
+        self.bounded("list spaces", read::list_spaces(&self.inner))
+            .await
     }
 
     async fn execute(&self, commands: Vec<Command>) -> Result<BatchOutcome, StoreError> {
         if commands.is_empty() {
             return Ok(BatchOutcome::default());
         }
-        if let Some(outcome) = one_statement::try_execute(&self.inner, &commands).await? {
-            return Ok(outcome);
-        }
-        execute::execute(&self.inner, commands).await
+        self.bounded("a batch", async {
+            if let Some(outcome) = one_statement::try_execute(&self.inner, &commands).await? {
+                return Ok(outcome);
+            }
+            execute::execute(&self.inner, commands).await
+        })
+        .await
     }
 
     async fn read(
@@ -393,11 +441,13 @@ impl Store for PgStore {
         from: u64,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        read::read(&self.inner, space, from, limit).await
+        self.bounded("read", read::read(&self.inner, space, from, limit))
+            .await
     }
 
     async fn slot(&self, space: &SpaceName, seq: u64) -> Result<Option<SlotView>, StoreError> {
-        read::slot(&self.inner, space, seq).await
+        self.bounded("slot", read::slot(&self.inner, space, seq))
+            .await
     }
 
     fn listen(&self, listener: ProgressListener) -> bool {
@@ -408,38 +458,55 @@ impl Store for PgStore {
     }
 
     async fn register_owner(&self, owner: &str) -> Result<(), StoreError> {
-        liveness::register_owner(self, owner).await
+        self.bounded("register owner", liveness::register_owner(self, owner))
+            .await
     }
 
     async fn expire_dead_owners(&self) -> Result<u64, StoreError> {
-        liveness::expire_dead_owners(&self.inner).await
+        self.bounded(
+            "expire dead owners",
+            liveness::expire_dead_owners(&self.inner),
+        )
+        .await
     }
 
     async fn expired_backlog(&self) -> Result<Vec<(SpaceName, u64)>, StoreError> {
-        recovery::expired_backlog(&self.inner).await
+        self.bounded("expired backlog", recovery::expired_backlog(&self.inner))
+            .await
     }
 
     async fn claim_expired(&self, request: &ClaimRequest) -> Result<Vec<ExpiredSlot>, StoreError> {
-        recovery::claim_expired(&self.inner, request).await
+        self.bounded(
+            "claim expired",
+            recovery::claim_expired(&self.inner, request),
+        )
+        .await
     }
 
     async fn resolve(&self, items: Vec<Resolve>) -> Result<BatchOutcome, StoreError> {
-        recovery::resolve(&self.inner, items).await
+        self.bounded("resolve", recovery::resolve(&self.inner, items))
+            .await
     }
 
     async fn parked(&self, query: &ParkedQuery) -> Result<Vec<ParkedWork>, StoreError> {
-        recovery::parked(&self.inner, query).await
+        self.bounded("parked", recovery::parked(&self.inner, query))
+            .await
     }
 
     async fn settle_parked(
         &self,
         commands: Vec<ParkedCommand>,
     ) -> Result<BatchOutcome, StoreError> {
-        recovery::settle_parked(&self.inner, commands).await
+        self.bounded(
+            "settle parked",
+            recovery::settle_parked(&self.inner, commands),
+        )
+        .await
     }
 
     async fn commit_late(&self, items: Vec<LateCommit>) -> Result<BatchOutcome, StoreError> {
-        recovery::commit_late(&self.inner, items).await
+        self.bounded("commit late", recovery::commit_late(&self.inner, items))
+            .await
     }
 
     fn checks_fences(&self) -> bool {
@@ -448,22 +515,32 @@ impl Store for PgStore {
     }
 
     async fn resources(&self, commands: Vec<ResourceCommand>) -> Result<BatchOutcome, StoreError> {
-        resources::resources(&self.inner, commands).await
+        self.bounded("resources", resources::resources(&self.inner, commands))
+            .await
     }
 
     async fn resource_leases(
         &self,
         query: &ResourceQuery,
     ) -> Result<Vec<ResourceLease>, StoreError> {
-        resources::resource_leases(&self.inner, query).await
+        self.bounded(
+            "resource leases",
+            resources::resource_leases(&self.inner, query),
+        )
+        .await
     }
 
     async fn resource_epoch(&self, resource: &str) -> Result<u64, StoreError> {
-        resources::resource_epoch(&self.inner, resource).await
+        self.bounded(
+            "resource epoch",
+            resources::resource_epoch(&self.inner, resource),
+        )
+        .await
     }
 
     async fn slot_history(&self, query: &HistoryQuery) -> Result<Vec<SlotEvent>, StoreError> {
-        history::slot_history(&self.inner, query).await
+        self.bounded("slot history", history::slot_history(&self.inner, query))
+            .await
     }
 
     async fn prune_slot_history(&self, before: Timestamp) -> Result<u64, StoreError> {
@@ -475,7 +552,11 @@ impl Store for PgStore {
         resource: Option<&str>,
         limit: usize,
     ) -> Result<Vec<ResourceEvent>, StoreError> {
-        resources::resource_history(&self.inner, resource, limit).await
+        self.bounded(
+            "resource history",
+            resources::resource_history(&self.inner, resource, limit),
+        )
+        .await
     }
 
     async fn register_consumer(
@@ -485,7 +566,11 @@ impl Store for PgStore {
         retain: bool,
     ) -> Result<ConsumerState, ConsumerError> {
         validate_consumer(name)?;
-        consumers::register(&self.inner, (space, name), retain).await
+        self.bounded(
+            "register consumer",
+            consumers::register(&self.inner, (space, name), retain),
+        )
+        .await
     }
 
     async fn consumer(
@@ -493,7 +578,11 @@ impl Store for PgStore {
         space: &SpaceName,
         name: &str,
     ) -> Result<Option<ConsumerState>, StoreError> {
-        consumers::consumer(&self.inner, (space, name)).await
+        self.bounded(
+            "register consumer",
+            consumers::consumer(&self.inner, (space, name)),
+        )
+        .await
     }
 
     async fn save_checkpoint(
@@ -503,7 +592,11 @@ impl Store for PgStore {
         expected: u64,
         seq: u64,
     ) -> Result<ConsumerState, ConsumerError> {
-        consumers::save(&self.inner, (space, name), expected, seq).await
+        self.bounded(
+            "save checkpoint",
+            consumers::save(&self.inner, (space, name), expected, seq),
+        )
+        .await
     }
 
     async fn reset_consumer(
@@ -514,7 +607,11 @@ impl Store for PgStore {
         actor: &str,
     ) -> Result<ConsumerState, ConsumerError> {
         validate_id("actor", actor)?;
-        consumers::reset(&self.inner, (space, name), to, actor).await
+        self.bounded(
+            "reset consumer",
+            consumers::reset(&self.inner, (space, name), to, actor),
+        )
+        .await
     }
 
     async fn remove_consumer(
@@ -524,14 +621,19 @@ impl Store for PgStore {
         actor: &str,
     ) -> Result<ConsumerState, ConsumerError> {
         validate_id("actor", actor)?;
-        consumers::remove(&self.inner, (space, name), actor).await
+        self.bounded(
+            "remove consumer",
+            consumers::remove(&self.inner, (space, name), actor),
+        )
+        .await
     }
 
     async fn list_consumers(
         &self,
         space: Option<&SpaceName>,
     ) -> Result<Vec<ConsumerState>, StoreError> {
-        consumers::list(&self.inner, space).await
+        self.bounded("save checkpoint", consumers::list(&self.inner, space))
+            .await
     }
 
     async fn prune_entries(
@@ -548,6 +650,7 @@ impl Store for PgStore {
         &self,
         space: &SpaceName,
     ) -> Result<Vec<RetentionEvent>, StoreError> {
-        consumers::history(&self.inner, space).await
+        self.bounded("retention history", consumers::history(&self.inner, space))
+            .await
     }
 }
