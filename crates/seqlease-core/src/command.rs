@@ -133,8 +133,9 @@ pub enum Reply {
     Released(ReleaseOutcome),
     /// A claimed slot resolved by recovery.
     Resolved(crate::recovery::ResolveOutcome),
-    /// A recovery-queue action applied; the item's new state.
-    Parked(crate::recovery::ParkedWork),
+    /// A recovery-queue action applied; the item's new state. Boxed: it is the largest
+    /// reply by far and rare, and every reply is moved through several layers.
+    Parked(Box<crate::recovery::ParkedWork>),
     /// A resource-lease operation succeeded.
     Resource(crate::resource::ResourceReply),
     /// Late work landed (or was found already committed).

@@ -346,7 +346,7 @@ impl Store for MemoryStore {
                         );
                     }
                 }
-                Ok(Reply::Parked(item.clone()))
+                Ok(Reply::Parked(Box::new(item.clone())))
             })();
             outcome.replies.push(reply);
         }

@@ -1127,7 +1127,9 @@ pub(crate) async fn settle_parked(
             }
         }
         changed.push(item.id);
-        outcome.replies.push(Ok(Reply::Parked(item.clone())));
+        outcome
+            .replies
+            .push(Ok(Reply::Parked(Box::new(item.clone()))));
     }
     changed.sort_unstable();
     changed.dedup();

@@ -827,7 +827,7 @@ pub(crate) fn settle_parked(
                     .transpose()?,
             ])?;
         expect_one("update a recovery queue item", updated)?;
-        outcome.replies.push(Ok(Reply::Parked(item)));
+        outcome.replies.push(Ok(Reply::Parked(Box::new(item))));
     }
     spaces.write(&tx, &mut outcome)?;
     tx.commit()?;
