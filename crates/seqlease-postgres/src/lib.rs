@@ -350,12 +350,13 @@ impl PgStore {
     fn downgrade(&self) -> std::sync::Weak<Inner> {
         Arc::downgrade(&self.inner)
     }
-}
 
-impl PgStore {
     /// Run one store call, or fail with [`StoreError::Unavailable`] when the server has not
-    /// answered within [`PgOptions::call_timeout`]. Dropping the call drops its connection
-    /// mid-statement; the pool does not reuse it.
+    /// answered within [`PgOptions::call_timeout`]. The call is dropped with its connection
+    /// mid-statement. sqlx pings a connection before it returns to the pool and closes it if
+    /// that fails; on a half-open path the ping itself waits until TCP gives up, so each
+    /// connection cut off this way keeps its place in the pool until then
+    /// ([`PgOptions::max_connections`] bounds how many).
     async fn bounded<T, E: From<StoreError>>(
         &self,
         what: &'static str,
