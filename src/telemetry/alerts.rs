@@ -134,10 +134,10 @@ pub struct Alert {
     pub message: String,
 }
 
-/// The cumulative counts the evaluator samples (relaxed atomics on the hot path).
+/// The cumulative counts the evaluator samples (relaxed atomics; grants are counted by the
+/// lease counts, see `Shared::snapshot`).
 #[derive(Debug, Default)]
 pub(crate) struct Counts {
-    pub(crate) granted: AtomicU64,
     pub(crate) expired: AtomicU64,
     pub(crate) recovery_ok: AtomicU64,
     pub(crate) recovery_failed: AtomicU64,
@@ -165,10 +165,11 @@ pub(crate) struct Snapshot {
 }
 
 impl Counts {
-    pub(crate) fn snapshot(&self) -> Snapshot {
+    /// The totals, with `granted` (summed from the lease counts by the caller).
+    pub(crate) fn snapshot(&self, granted: u64) -> Snapshot {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Snapshot {
-            granted: r(&self.granted),
+            granted,
             expired: r(&self.expired),
             recovery_ok: r(&self.recovery_ok),
             recovery_failed: r(&self.recovery_failed),

@@ -26,6 +26,7 @@ mod export;
 mod health;
 pub mod instruments;
 mod lease_counts;
+mod striped;
 mod trace;
 
 use std::sync::Arc;
@@ -49,9 +50,10 @@ pub use trace::tracing_layer;
 
 use crate::barrier::{SpaceSignals, Spaces};
 use crate::error::Error;
-use alerts::{Counts, Evaluator, Observed, bump};
+use alerts::{Counts, Evaluator, Observed, Snapshot, bump};
 use instruments::Instruments;
 use lease_counts::TypeCounts;
+use striped::{StripedLevel, StripedMax};
 
 type Map<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
 
@@ -73,9 +75,9 @@ pub(crate) struct SpaceTelemetry {
     space_kv: [KeyValue; 1],
     signals: Arc<SpaceSignals>,
     /// Highest allocated seq seen (grants here, the store's count at refreshes).
-    last_seq: AtomicU64,
+    last_seq: StripedMax,
     /// LEASED slots: the store's count at the last refresh, adjusted by this engine since.
-    in_flight: AtomicI64,
+    in_flight: StripedLevel,
     /// Expired slots at the last cleanup cycle (`UNSET_U64`: none ran here).
     backlog: AtomicU64,
     /// Attributes and lease counters per projection type. Looked up by every grant and
@@ -191,7 +193,7 @@ impl EngineTelemetry {
             None => (None, Vec::new(), Vec::new()),
         };
         let mut evaluator = Evaluator::new(thresholds);
-        evaluator.sample(now, shared.counts.snapshot(), &Observed::default());
+        evaluator.sample(now, shared.snapshot(), &Observed::default());
         Ok(EngineTelemetry {
             instruments,
             shared,
@@ -234,8 +236,8 @@ impl EngineTelemetry {
                     name: space.clone(),
                     space_kv: [KeyValue::new("space", space.as_str().to_string())],
                     signals: self.barrier.signals(space, 0),
-                    last_seq: AtomicU64::new(0),
-                    in_flight: AtomicI64::new(0),
+                    last_seq: StripedMax::default(),
+                    in_flight: StripedLevel::default(),
                     backlog: AtomicU64::new(UNSET_U64),
                     by_type: SnapshotMap::default(),
                     gap_kv: [
@@ -252,9 +254,8 @@ impl EngineTelemetry {
     /// Take the store's view of a space (its counters are authoritative across processes).
     pub(crate) fn refresh(&self, info: &SpaceInfo) -> Arc<SpaceTelemetry> {
         let s = self.space(&info.name);
-        s.last_seq.fetch_max(info.last_seq, Ordering::Relaxed);
-        s.in_flight
-            .store(i64::from(info.in_flight), Ordering::Relaxed);
+        s.last_seq.offer(info.last_seq);
+        s.in_flight.set(i64::from(info.in_flight));
         s.signals.raise_watermark(info.watermark);
         s
     }
@@ -294,14 +295,13 @@ impl EngineTelemetry {
     // ---- the lease life cycle (hot path) ----
 
     pub(crate) fn granted(&self, lease: &LeaseTelemetry, seq: u64, took: Duration) {
-        lease.counts.granted.fetch_add(1, Ordering::Relaxed);
+        lease.counts.granted.add(1);
         if let Some(i) = &self.instruments {
             i.grant_duration
                 .record(took.as_secs_f64(), &lease.space.space_kv);
         }
-        bump(&self.shared.counts.granted, 1);
-        lease.space.last_seq.fetch_max(seq, Ordering::Relaxed);
-        lease.space.in_flight.fetch_add(1, Ordering::Relaxed);
+        lease.space.last_seq.offer(seq);
+        lease.space.in_flight.add(1);
     }
 
     pub(crate) fn committed(
@@ -319,15 +319,15 @@ impl EngineTelemetry {
             CommitStatus::Duplicate { .. } => self.gap(&lease.space, GapKind::Superseded),
             CommitStatus::Committed => {}
         }
-        lease.counts.committed.fetch_add(1, Ordering::Relaxed);
-        lease.space.in_flight.fetch_sub(1, Ordering::Relaxed);
+        lease.counts.committed.add(1);
+        lease.space.in_flight.add(-1);
     }
 
     pub(crate) fn released(&self, lease: &LeaseTelemetry, outcome: ReleaseOutcome) {
-        lease.counts.released.fetch_add(1, Ordering::Relaxed);
+        lease.counts.released.add(1);
         if outcome == ReleaseOutcome::Gap {
             self.gap(&lease.space, GapKind::Released);
-            lease.space.in_flight.fetch_sub(1, Ordering::Relaxed);
+            lease.space.in_flight.add(-1);
         }
     }
 
@@ -410,7 +410,7 @@ impl EngineTelemetry {
 
     /// A slot of `space` left LEASED through recovery.
     pub(crate) fn slot_resolved(&self, space: &SpaceTelemetry) {
-        space.in_flight.fetch_sub(1, Ordering::Relaxed);
+        space.in_flight.add(-1);
     }
 
     /// A cleanup service was started at `now` (the heartbeat starts counting).
@@ -552,7 +552,7 @@ impl EngineTelemetry {
     /// Sample the counts at `now` for the alert windows.
     pub(crate) fn sample(&self, now: Timestamp) {
         let observed = self.observed();
-        let snapshot = self.shared.counts.snapshot();
+        let snapshot = self.shared.snapshot();
         let mut evaluator = self.evaluator.lock();
         evaluator.sample(now, snapshot, &observed);
         evaluator.evaluate(now, &observed);
@@ -561,7 +561,7 @@ impl EngineTelemetry {
     /// Sample at `now` and report the active alerts.
     pub(crate) fn health(&self, now: Timestamp) -> HealthReport {
         let observed = self.observed();
-        let snapshot = self.shared.counts.snapshot();
+        let snapshot = self.shared.snapshot();
         let mut evaluator = self.evaluator.lock();
         evaluator.sample(now, snapshot, &observed);
         let alerts = evaluator.evaluate(now, &observed);
@@ -576,13 +576,29 @@ impl EngineTelemetry {
     }
 }
 
+impl Shared {
+    /// The engine's totals for the alerts. Grants are summed from the lease counts, which
+    /// the hot path keeps anyway, rather than counted a second time.
+    fn snapshot(&self) -> Snapshot {
+        let granted = self
+            .spaces
+            .iter()
+            .map(|space| {
+                let by_type = space.by_type.load();
+                by_type.values().map(|c| c.granted.get()).sum::<u64>()
+            })
+            .sum();
+        self.counts.snapshot(granted)
+    }
+}
+
 impl SpaceTelemetry {
     fn watermark(&self) -> u64 {
         self.signals.watermark()
     }
 
     fn last_seq(&self) -> u64 {
-        self.last_seq.load(Ordering::Relaxed)
+        self.last_seq.get()
     }
 }
 
@@ -628,7 +644,7 @@ fn register_gauges(
             LEASE_IN_FLIGHT,
             Box::new(|s, observe| {
                 for space in s.spaces.iter() {
-                    let n = space.in_flight.load(Ordering::Relaxed).max(0) as u64;
+                    let n = space.in_flight.get().max(0) as u64;
                     observe(n, &space.space_kv);
                 }
             }),
