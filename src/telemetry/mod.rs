@@ -517,6 +517,7 @@ impl EngineTelemetry {
                 StoreError::Schema { .. } => "schema",
                 StoreError::Permission { .. } => "permission",
                 StoreError::BadUrl { .. } => "bad_url",
+                StoreError::BadOption { .. } => "bad_option",
                 StoreError::Unsupported { .. } => "unsupported",
                 StoreError::Pruned { .. } => "pruned",
                 StoreError::Backend { .. } => "backend",

@@ -259,6 +259,16 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// An option the store was opened with is out of range; nothing was opened or written.
+    #[error("{backend} store option {option} is invalid: {reason}")]
+    BadOption {
+        /// Backend.
+        backend: &'static str,
+        /// The option, as the application sets it (`SqliteOptions::page_size`).
+        option: &'static str,
+        /// What is wrong and which values are allowed.
+        reason: String,
+    },
     /// The store does not implement this capability yet.
     #[error(
         "the {backend} store does not support {what} yet; use a store that does (see docs/stores.md)"

@@ -59,11 +59,12 @@ pub(crate) fn validate_schema(schema: &str) -> Result<(), StoreError> {
     if ok {
         Ok(())
     } else {
-        Err(StoreError::BadUrl {
-            url: format!("schema {schema:?}"),
-            reason:
-                "a schema name is 1-40 characters from [a-z0-9_], not starting with a digit or pg_"
-                    .into(),
+        Err(StoreError::BadOption {
+            backend: BACKEND,
+            option: "PgOptions::schema",
+            reason: format!(
+                "{schema:?} is not a schema name of 1-40 characters from [a-z0-9_], not starting with a digit or pg_"
+            ),
         })
     }
 }

@@ -125,7 +125,16 @@ async fn bad_urls_and_schema_names_are_refused() {
     let e = PgStore::connect(&server().url, opts("Bad-Schema"))
         .await
         .unwrap_err();
-    assert!(matches!(e, StoreError::BadUrl { .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            StoreError::BadOption {
+                option: "PgOptions::schema",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
 }
 
 #[tokio::test]

@@ -78,10 +78,11 @@ fn check_page_size(page_size: u32) -> Result<(), StoreError> {
     if page_size.is_power_of_two() && (512..=65536).contains(&page_size) {
         return Ok(());
     }
-    Err(StoreError::Backend {
+    Err(StoreError::BadOption {
         backend: BACKEND,
-        detail: format!(
-            "page size {page_size} is not a power of two from 512 to 65536; set SqliteOptions::page_size to one (4096 is the default)"
+        option: "SqliteOptions::page_size",
+        reason: format!(
+            "{page_size} is not a power of two from 512 to 65536 (4096 is the default)"
         ),
     })
 }

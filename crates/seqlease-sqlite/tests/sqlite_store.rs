@@ -264,11 +264,15 @@ async fn a_page_size_sqlite_would_ignore_is_refused() {
         };
         let err = SqliteStore::open(&path, opts).await.unwrap_err();
         match &err {
-            StoreError::Backend { detail, .. } => {
-                assert!(detail.contains(&format!("page size {bad}")), "{detail}");
-                assert!(detail.contains("SqliteOptions::page_size"), "{detail}");
+            StoreError::BadOption { option, reason, .. } => {
+                assert_eq!(*option, "SqliteOptions::page_size");
+                assert!(reason.starts_with(&format!("{bad} ")), "{reason}");
+                assert!(
+                    err.to_string().contains("SqliteOptions::page_size"),
+                    "{err}"
+                );
             }
-            other => panic!("expected Backend for page size {bad}, got {other:?}"),
+            other => panic!("expected BadOption for page size {bad}, got {other:?}"),
         }
         assert!(!path.exists(), "no file is created for page size {bad}");
     }
