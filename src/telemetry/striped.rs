@@ -7,7 +7,7 @@
 //! throughput (docs/benchmarks.md). Here each thread adds to a line of its own (threads
 //! take the stripes in turn); a read sums, or takes the maximum of, all the stripes.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// More stripes than the runtime usually has threads; threads beyond share stripes.
 const STRIPES: usize = 8;
@@ -44,29 +44,26 @@ impl StripedSum {
     }
 }
 
-/// A signed level moved up and down from many threads, and reset now and then.
+/// A signed level moved up and down from many threads, and reset now and then. Kept as a
+/// [`StripedSum`] of two's-complement values: wrapping adds of `-1` sum correctly.
 #[derive(Debug, Default)]
-pub(crate) struct StripedLevel {
-    lines: [Line<AtomicI64>; STRIPES],
-}
+pub(crate) struct StripedLevel(StripedSum);
 
 impl StripedLevel {
     pub(crate) fn add(&self, n: i64) {
-        self.lines[stripe()].0.fetch_add(n, Ordering::Relaxed);
+        self.0.add(n as u64);
     }
 
     /// Set the level to `v`. An add racing the reset lands before or after it, as with
     /// a single atomic's store.
     pub(crate) fn set(&self, v: i64) {
-        for (i, l) in self.lines.iter().enumerate() {
-            l.0.store(if i == 0 { v } else { 0 }, Ordering::Relaxed);
+        for (i, l) in self.0.lines.iter().enumerate() {
+            l.0.store(if i == 0 { v as u64 } else { 0 }, Ordering::Relaxed);
         }
     }
 
     pub(crate) fn get(&self) -> i64 {
-        self.lines
-            .iter()
-            .fold(0i64, |sum, l| sum.wrapping_add(l.0.load(Ordering::Relaxed)))
+        self.0.get() as i64
     }
 }
 
