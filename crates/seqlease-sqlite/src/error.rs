@@ -186,7 +186,7 @@ fn by_code(code: i32, e: &dyn std::fmt::Display, path: Option<&Path>) -> StoreEr
         SQLITE_IOERR => StoreError::Unavailable {
             backend: BACKEND,
             detail: format!(
-                "{e}{at}: the file system refused a read or write; check the disk, its free space and the process's file-size limit (ulimit -f). The failed transaction was rolled back; everything acknowledged before it is kept"
+                "{e}{at}: the file system refused a read or write; check the disk, its free space and the process's file-size limit (ulimit -f). A write that failed was rolled back (a read changes nothing); everything acknowledged before it is kept"
             ),
         },
         _ => StoreError::Backend {
