@@ -9,6 +9,8 @@
 //! - **Split into shards by hash.** A hash map grows by rehashing everything it holds at
 //!   once; one map of a few million entries did so in ~80 ms with the lock held, every
 //!   commit of the space waiting behind it. A shard grows with 1/256 of the entries.
+//!   The shards appear only once the index holds [`SPLIT_AT`] ids: 256 empty maps are
+//!   12 KB, and an application with a space per tenant has many spaces of few entries.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
@@ -17,11 +19,18 @@ use crate::space::Slots;
 
 const SHARDS: usize = 256;
 
+/// Below this many ids one map is small enough to grow at once (~1 ms).
+const SPLIT_AT: usize = 1 << 16;
+
+type Shard = HashMap<u64, u64, BuildHasherDefault<PreHashed>>;
+
 /// Operation id → seq of its committed entry, for one space.
 #[derive(Debug)]
 pub(crate) struct CommittedIndex {
     hasher: foldhash::fast::RandomState,
-    shards: Box<[HashMap<u64, u64, BuildHasherDefault<PreHashed>>]>,
+    /// One map, or [`SHARDS`] of them once there are [`SPLIT_AT`] ids (a power of two
+    /// either way, so a shard is picked with a mask).
+    shards: Vec<Shard>,
     /// Ids whose hash was already taken by another committed id.
     collided: HashMap<String, u64>,
     /// Tests: every id hashes alike, so every path meets a collision.
@@ -33,7 +42,7 @@ impl Default for CommittedIndex {
     fn default() -> Self {
         CommittedIndex {
             hasher: foldhash::fast::RandomState::default(),
-            shards: (0..SHARDS).map(|_| HashMap::default()).collect(),
+            shards: vec![Shard::default()],
             collided: HashMap::new(),
             #[cfg(test)]
             all_collide: false,
@@ -57,18 +66,36 @@ impl CommittedIndex {
     /// [`CommittedIndex::get`]), is committed at `seq`.
     pub(crate) fn insert(&mut self, operation_id: &str, seq: u64) {
         let hash = self.hash(operation_id);
-        let shard = &mut self.shards[shard_of(hash)];
+        let at = self.shard_of(hash);
+        let shard = &mut self.shards[at];
         if let std::collections::hash_map::Entry::Vacant(free) = shard.entry(hash) {
             free.insert(seq);
+            if self.shards.len() == 1 && self.shards[0].len() >= SPLIT_AT {
+                self.split();
+            }
         } else {
             self.collided.insert(operation_id.to_owned(), seq);
+        }
+    }
+
+    /// Spread the one map over [`SHARDS`] maps.
+    fn split(&mut self) {
+        let one = std::mem::take(&mut self.shards[0]);
+        let room = 2 * one.len() / SHARDS;
+        self.shards = (0..SHARDS)
+            .map(|_| Shard::with_capacity_and_hasher(room, Default::default()))
+            .collect();
+        for (hash, seq) in one {
+            let at = self.shard_of(hash);
+            self.shards[at].insert(hash, seq);
         }
     }
 
     /// Forget `operation_id` (its entry is being pruned; the slot is still in `slots`).
     pub(crate) fn remove(&mut self, operation_id: &str, slots: &Slots) {
         let hash = self.hash(operation_id);
-        let shard = &mut self.shards[shard_of(hash)];
+        let at = self.shard_of(hash);
+        let shard = &mut self.shards[at];
         match shard.get(&hash) {
             Some(&seq) if committed_id(slots, seq) == Some(operation_id) => {
                 shard.remove(&hash);
@@ -87,12 +114,16 @@ impl CommittedIndex {
         self.hasher.hash_one(operation_id)
     }
 
-    fn shard(&self, hash: u64) -> &HashMap<u64, u64, BuildHasherDefault<PreHashed>> {
-        &self.shards[shard_of(hash)]
+    fn shard(&self, hash: u64) -> &Shard {
+        &self.shards[self.shard_of(hash)]
+    }
+
+    fn shard_of(&self, hash: u64) -> usize {
+        shard_bits(hash) & (self.shards.len() - 1)
     }
 }
 
-fn shard_of(hash: u64) -> usize {
+fn shard_bits(hash: u64) -> usize {
     // Bits 48..56 pick the shard. The map inside uses the low bits for the bucket and the
     // top seven as the tag it filters a probe with: were the shard picked by the top bits,
     // every key of a shard would carry the same tag and each probe would compare every
@@ -190,10 +221,33 @@ mod tests {
         let hasher = foldhash::fast::RandomState::default();
         let tags: std::collections::HashSet<u64> = (0..10_000)
             .map(|i| hasher.hash_one(format!("op-{i}")))
-            .filter(|&h| shard_of(h) == 0)
+            .filter(|&h| shard_bits(h) == 0)
             .map(|h| h >> 57)
             .collect();
         assert!(tags.len() > 8, "one shard's keys carry {} tags", tags.len());
+    }
+
+    #[test]
+    fn every_id_is_found_after_the_split_into_shards() {
+        let mut slots = Slots::default();
+        let mut index = CommittedIndex::default();
+        let ids = SPLIT_AT + 1_000;
+        for seq in 1..=ids as u64 {
+            let id = format!("op-{seq}");
+            index.insert(&id, seq);
+            slots.push(committed_slot(seq, &id));
+            if seq == SPLIT_AT as u64 - 1 {
+                assert_eq!(index.shards.len(), 1, "one map below the split");
+            }
+        }
+        assert_eq!(index.shards.len(), SHARDS);
+        assert_eq!(index.shards.iter().map(HashMap::len).sum::<usize>(), ids);
+        for seq in (1..=ids as u64).step_by(7) {
+            assert_eq!(index.get(&format!("op-{seq}"), &slots), Some(seq));
+        }
+        assert_eq!(index.get("op-0", &slots), None);
+        index.remove("op-7", &slots);
+        assert_eq!(index.get("op-7", &slots), None);
     }
 
     #[test]
