@@ -160,29 +160,13 @@ impl Hasher for PreHashed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::slot::{Content, Labels, Slot, SlotLease};
-    use seqlease_core::{LeaseRecord, OperationBody, SpaceName, Timestamp, Token};
+    use crate::slot::{Content, Labels, Slot, test_lease};
+    use seqlease_core::{OperationBody, Timestamp};
 
     fn committed_slot(seq: u64, operation_id: &str) -> Slot {
         let body = OperationBody::new("k", vec![]);
         let content = Content::committed(body, &mut Labels::default());
-        Slot::resolved(leased(seq, operation_id), Timestamp(1), content)
-    }
-
-    fn leased(seq: u64, operation_id: &str) -> SlotLease {
-        let record = LeaseRecord {
-            space: SpaceName::new("s").unwrap(),
-            seq,
-            token: Token::random(),
-            operation_id: operation_id.into(),
-            projection_type: "p".into(),
-            owner: "o".into(),
-            fence: None,
-            leased_at: Timestamp(0),
-            expires_at: Timestamp(1),
-            renewals: 0,
-        };
-        SlotLease::new(&record, operation_id.into(), &mut Labels::default())
+        Slot::resolved(test_lease(seq, operation_id), Timestamp(1), content)
     }
 
     #[test]
@@ -253,7 +237,7 @@ mod tests {
     #[test]
     fn a_slot_that_is_not_committed_confirms_nothing() {
         let mut slots = Slots::default();
-        slots.push(Slot::leased(leased(1, "a")));
+        slots.push(Slot::leased(test_lease(1, "a")));
         let mut index = CommittedIndex::default();
         index.insert("a", 1);
         assert_eq!(index.get("a", &slots), None);

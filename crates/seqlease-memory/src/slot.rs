@@ -279,6 +279,24 @@ impl Slot {
     }
 }
 
+/// A lease of slot `seq` of a space named "s", for tests.
+#[cfg(test)]
+pub(crate) fn test_lease(seq: u64, operation_id: &str) -> SlotLease {
+    let record = LeaseRecord {
+        space: SpaceName::new("s").unwrap(),
+        seq,
+        token: Token::random(),
+        operation_id: operation_id.into(),
+        projection_type: "p".into(),
+        owner: "o".into(),
+        fence: None,
+        leased_at: Timestamp(0),
+        expires_at: Timestamp(1),
+        renewals: 0,
+    };
+    SlotLease::new(&record, operation_id.into(), &mut Labels::default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
