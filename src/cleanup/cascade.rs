@@ -1,7 +1,8 @@
 //! Cascades: many leases expiring at once (a crashed node, a stalled database).
 //!
 //! Above `threshold` expired slots the service enters **recovery mode**: it works in batches
-//! with a pause between them (so recovery does not starve live traffic), new leases get a
+//! with a pause after every batch's worth of slots, whichever spaces they are in (so recovery
+//! does not starve live traffic), new leases get a
 //! longer TTL (so live workers do not join the cascade), and the application is told. It
 //! leaves recovery mode with hysteresis: only after the backlog stayed below `exit_below`
 //! for `exit_after` consecutive cycles.
@@ -18,7 +19,8 @@ pub struct CascadeConfig {
     pub exit_below: u64,
     /// Leave after this many calm cycles in a row.
     pub exit_after: u32,
-    /// Pause between batches in recovery mode.
+    /// Pause after every `batch_size` slots claimed in recovery mode (counted across
+    /// spaces).
     pub pause: Duration,
     /// New leases' TTL is multiplied by this in recovery mode …
     pub ttl_factor: u32,

@@ -127,6 +127,9 @@ pub struct CycleReport {
     pub history_pruned: u64,
     /// Resource leases found expired and released (audited as expired).
     pub resources_expired: u64,
+    /// Pauses for live traffic in recovery mode (one per `batch_size` slots claimed,
+    /// counted across spaces).
+    pub pauses: u64,
 }
 
 impl CycleReport {
@@ -233,6 +236,8 @@ struct State {
     step_latency: Duration,
     /// When housekeeping last ran (`None`: not yet).
     last_maintenance: Option<Instant>,
+    /// Slots claimed since the last recovery-mode pause.
+    claimed_since_pause: usize,
 }
 
 /// A running cleanup service; stops when [`CleanupHandle::stop`] is called or it is dropped.
@@ -566,7 +571,13 @@ impl Cleanup {
                     }
                 }
             }
-            if state.cascade.active() {
+            // Pace by slots, not by batches: a backlog spread over many spaces makes a
+            // small batch per space, and a pause each made 10,000 spaces of one expired
+            // lease take 10,000 pauses (112 s).
+            state.claimed_since_pause += claimed.len();
+            if state.cascade.active() && state.claimed_since_pause >= config.batch_size {
+                state.claimed_since_pause = 0;
+                report.pauses += 1;
                 tokio::time::sleep(config.cascade.pause).await;
             }
         }
