@@ -214,7 +214,7 @@ pub(crate) struct Evaluator {
     pub(crate) thresholds: AlertThresholds,
     samples: VecDeque<(Timestamp, Snapshot)>,
     /// Per space: the watermark last seen and since when it has not moved.
-    stalls: HashMap<SpaceName, (u64, Timestamp)>,
+    stalls: HashMap<SpaceName, (u64, Timestamp), foldhash::fast::RandomState>,
     active: HashMap<(AlertKind, Option<SpaceName>), Timestamp>,
 }
 
@@ -226,7 +226,7 @@ impl Evaluator {
         Evaluator {
             thresholds,
             samples: VecDeque::new(),
-            stalls: HashMap::new(),
+            stalls: HashMap::default(),
             active: HashMap::new(),
         }
     }
@@ -249,10 +249,11 @@ impl Evaluator {
             self.samples.pop_front();
         }
         for (space, watermark, last_seq) in &observed.spaces {
-            let entry = self
-                .stalls
-                .entry(space.clone())
-                .or_insert((*watermark, now));
+            // Every space, every cycle: look up before cloning the name for an insert.
+            let Some(entry) = self.stalls.get_mut(space) else {
+                self.stalls.insert(space.clone(), (*watermark, now));
+                continue;
+            };
             // Nothing pending, or progress: the stall clock restarts.
             if *watermark != entry.0 || last_seq <= watermark {
                 *entry = (*watermark, now);

@@ -431,7 +431,8 @@ impl EngineTelemetry {
         }
         // A map, not a scan of `backlog` per space: a cascade over 20,000 spaces spent
         // half of a 1.4 s cycle comparing names here.
-        let by_space: HashMap<&SpaceName, u64> = backlog.iter().map(|(s, n)| (s, *n)).collect();
+        let by_space: HashMap<&SpaceName, u64, foldhash::fast::RandomState> =
+            backlog.iter().map(|(s, n)| (s, *n)).collect();
         for entry in self.shared.spaces.iter() {
             let n = by_space.get(entry.key()).copied().unwrap_or(0);
             entry.backlog.store(n, Ordering::Relaxed);
