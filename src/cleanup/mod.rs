@@ -24,6 +24,7 @@
 
 mod cascade;
 mod chain;
+mod pacing;
 mod policy;
 
 use std::sync::Arc;
@@ -46,6 +47,8 @@ use crate::error::{Error, Result};
 use crate::telemetry::GapKind;
 use cascade::Cascade;
 use chain::{Chain, Verdict};
+use futures::StreamExt;
+use pacing::Pacer;
 use tracing::Instrument;
 
 /// Settings of the cleanup service.
@@ -55,6 +58,10 @@ pub struct CleanupConfig {
     pub interval: Duration,
     /// Slots claimed (and resolved in one transaction) at a time.
     pub batch_size: usize,
+    /// Spaces a cycle cleans at once (each space's slots stay in seq order under one
+    /// cleaner, I8). A cascade over many spaces costs a claim and a resolve per space,
+    /// a few milliseconds each on PostgreSQL: this overlaps them. 1: one after another.
+    pub spaces_at_once: usize,
     /// How long a claim holds before another cleaner may take the slots over.
     pub claim_ttl: Duration,
     /// This cleaner's id (recorded on claims and queue actions).
@@ -81,6 +88,7 @@ impl Default for CleanupConfig {
         CleanupConfig {
             interval: Duration::from_secs(1),
             batch_size: 500,
+            spaces_at_once: 8,
             claim_ttl: Duration::from_secs(30),
             cleaner: format!(
                 "cleanup-{}-{:04x}",
@@ -139,9 +147,57 @@ impl CycleReport {
     }
 
     fn count_recovered(&mut self, step: &'static str) {
+        self.add_recovered(step, 1);
+    }
+
+    fn add_recovered(&mut self, step: &'static str, count: u64) {
         match self.recovered.iter_mut().find(|(s, _)| *s == step) {
-            Some((_, n)) => *n += 1,
-            None => self.recovered.push((step, 1)),
+            Some((_, n)) => *n += count,
+            None => self.recovered.push((step, count)),
+        }
+    }
+
+    /// Add what one space's cleaning did.
+    fn absorb(&mut self, space: SpaceCleaning) {
+        let part = space.report;
+        self.claimed += part.claimed;
+        for (step, n) in part.recovered {
+            self.add_recovered(step, n);
+        }
+        self.gapped += part.gapped;
+        self.parked += part.parked;
+        self.duplicates += part.duplicates;
+        self.claims_lost += part.claims_lost;
+    }
+}
+
+/// What cleaning one space did, and how long its store calls and recovery steps took.
+#[derive(Default)]
+struct SpaceCleaning {
+    report: CycleReport,
+    store_latency: Mean,
+    step_latency: Mean,
+}
+
+/// A mean of durations, for the load classifier's moving averages.
+#[derive(Default)]
+struct Mean {
+    total: Duration,
+    count: u32,
+}
+
+impl Mean {
+    fn add(&mut self, sample: Duration) {
+        self.total += sample;
+        self.count += 1;
+    }
+
+    /// `average` moved by this mean (unchanged if there were no samples).
+    fn fold_into(&self, average: Duration) -> Duration {
+        if self.count == 0 {
+            average
+        } else {
+            ewma(average, self.total / self.count)
         }
     }
 }
@@ -361,10 +417,23 @@ impl Cleanup {
             ..CycleReport::default()
         };
 
-        for (space, _) in backlog_by_space {
-            self.clean_space(&space, level, &mut state, &mut report)
-                .await?;
+        let pacer = Pacer::new(
+            state.cascade.active(),
+            config.batch_size,
+            config.cascade.pause,
+            state.claimed_since_pause,
+        );
+        let mut spaces = futures::stream::iter(backlog_by_space)
+            .map(|(space, _)| self.clean_space(space, level, &pacer))
+            .buffer_unordered(config.spaces_at_once.max(1));
+        while let Some(cleaned) = spaces.next().await {
+            let cleaned = cleaned?;
+            state.store_latency = cleaned.store_latency.fold_into(state.store_latency);
+            state.step_latency = cleaned.step_latency.fold_into(state.step_latency);
+            report.absorb(cleaned);
         }
+        drop(spaces);
+        (state.claimed_since_pause, report.pauses) = pacer.finish();
         if level == LoadLevel::Low {
             self.resequence_parked(&mut report).await?;
         }
@@ -438,18 +507,22 @@ impl Cleanup {
             .queue_sizes(sizes[0], sizes[1]);
     }
 
+    /// Claim, recover and resolve the expired slots of `space`, batch after batch, until
+    /// none is left. Runs beside other spaces of the cycle; `pacer` is shared with them.
     async fn clean_space(
         &self,
-        space: &SpaceName,
+        space: SpaceName,
         level: LoadLevel,
-        state: &mut State,
-        report: &mut CycleReport,
-    ) -> Result<()> {
+        pacer: &Pacer,
+    ) -> Result<SpaceCleaning> {
         let inner = &self.inner;
         let config = &inner.config;
         let store = inner.engine.store();
         let (allow_any, allow_expensive) = policy::allowed(level);
+        let mut cleaned = SpaceCleaning::default();
+        let report = &mut cleaned.report;
         loop {
+            pacer.wait().await;
             let request = ClaimRequest {
                 space: space.clone(),
                 cleaner: config.cleaner.clone(),
@@ -462,7 +535,7 @@ impl Cleanup {
                 .instrument(span.clone())
                 .await?;
             if claimed.is_empty() {
-                return Ok(());
+                return Ok(cleaned);
             }
             span.record("claimed", claimed.len());
             report.claimed += claimed.len() as u64;
@@ -484,7 +557,7 @@ impl Cleanup {
                     .run(slot, allow_expensive, allow_any)
                     .instrument(span)
                     .await;
-                state.step_latency = ewma(state.step_latency, t.elapsed());
+                cleaned.step_latency.add(t.elapsed());
                 let (resolution, step) = match verdict {
                     Verdict::Recovered {
                         body,
@@ -535,7 +608,7 @@ impl Cleanup {
             }
             let t = Instant::now();
             let outcome = store.resolve(items).await?;
-            state.store_latency = ewma(state.store_latency, t.elapsed());
+            cleaned.store_latency.add(t.elapsed());
             inner.engine.inner.spaces.apply_progress(&outcome.progress);
             for ((reply, step), slot) in outcome.replies.into_iter().zip(steps).zip(&claimed) {
                 let space_t = telemetry.space(&slot.lease.space);
@@ -574,12 +647,7 @@ impl Cleanup {
             // Pace by slots, not by batches: a backlog spread over many spaces makes a
             // small batch per space, and a pause each made 10,000 spaces of one expired
             // lease take 10,000 pauses (112 s).
-            state.claimed_since_pause += claimed.len();
-            if state.cascade.active() && state.claimed_since_pause >= config.batch_size {
-                state.claimed_since_pause = 0;
-                report.pauses += 1;
-                tokio::time::sleep(config.cascade.pause).await;
-            }
+            pacer.claimed(claimed.len());
         }
     }
 

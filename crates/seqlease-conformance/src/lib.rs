@@ -83,6 +83,7 @@ macro_rules! recovery_suite {
             commit_racing_expiry_one_winner,
             cascade_of_ten_thousand,
             cascade_across_many_spaces_pauses_per_batch,
+            spaces_are_cleaned_side_by_side,
             policy_switches_without_losing_work,
             failing_resolver_goes_to_manual_queue,
             background_service_resolves_expired_slots,

@@ -51,6 +51,20 @@ impl PartialWorkResolver for FailingResolver {
     }
 }
 
+/// Recovers only once `0`'s count of slots are being recovered at the same time (a
+/// resolver called for one space after another never gets there and fails).
+struct TogetherResolver(Arc<tokio::sync::Barrier>);
+
+#[async_trait]
+impl PartialWorkResolver for TogetherResolver {
+    async fn resolve(&self, _slot: &ExpiredSlot, partial: &[u8]) -> Result<OperationBody, String> {
+        match tokio::time::timeout(Duration::from_secs(30), self.0.wait()).await {
+            Ok(_) => Ok(OperationBody::new("update", partial.to_vec())),
+            Err(_) => Err("the other spaces' slots were not recovered alongside".into()),
+        }
+    }
+}
+
 /// The service as the checks run it. The load level must not depend on how fast the
 /// machine happens to be (a loaded CI box makes store calls slow): latency marks are out of
 /// reach here, so only the backlog, which each check controls, moves the level.
@@ -537,6 +551,53 @@ pub async fn cascade_across_many_spaces_pauses_per_batch(h: &dyn Harness) {
     for s in &names {
         let info = engine.store().space_info(s.name()).await.unwrap();
         assert_eq!(info.map(|i| i.watermark), Some(per_space), "{}", s.name());
+    }
+}
+
+/// One cycle cleans `spaces_at_once` spaces side by side: four spaces' slots reach the
+/// recovery step together (a resolver that waits for all four would fail if the spaces
+/// were cleaned one after another), and each space's log stays in order.
+pub async fn spaces_are_cleaned_side_by_side(h: &dyn Harness) {
+    let fx = h.fresh().await;
+    let engine = fx.engine().await;
+    let spaces = 4usize;
+    let mut handles = Vec::new();
+    for i in 0..spaces {
+        let s = engine.space(&format!("side-{i}")).await.expect("space");
+        let mut l = s
+            .grant(Grant::new(format!("op-{i}"), "orders").ttl(TTL))
+            .await
+            .unwrap();
+        l.record_partial(format!("{{\"ids\":[{i}]}}").into_bytes())
+            .await
+            .unwrap();
+        l.abandon();
+        handles.push(s);
+    }
+    fx.advance(TTL);
+    let cleanup = engine
+        .cleanup()
+        .config(CleanupConfig {
+            spaces_at_once: spaces,
+            ..config("c1")
+        })
+        .resolver(
+            "orders",
+            TogetherResolver(Arc::new(tokio::sync::Barrier::new(spaces))),
+        )
+        .build()
+        .await
+        .unwrap();
+    let report = cleanup.run_once().await.unwrap();
+    assert_eq!(report.recovered_total(), spaces as u64, "{report:?}");
+    for s in &handles {
+        let log = read_all(s).await;
+        assert_eq!(log.len(), 1, "{}", s.name());
+        assert!(
+            matches!(log[0].content, EntryContent::Operation(_)),
+            "{}",
+            s.name()
+        );
     }
 }
 
