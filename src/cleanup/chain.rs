@@ -30,7 +30,8 @@ pub enum StepOutcome {
     Failed(String),
 }
 
-/// One step of the recovery chain.
+/// One step of the recovery chain. Called for one slot at a time per space, but for
+/// several spaces at once (`CleanupConfig::spaces_at_once`).
 #[async_trait]
 pub trait RecoveryStep: Send + Sync + 'static {
     /// A stable name, for logs and metrics.
@@ -46,7 +47,8 @@ pub trait RecoveryStep: Send + Sync + 'static {
     async fn recover(&self, slot: &ExpiredSlot) -> StepOutcome;
 }
 
-/// Turns recorded partial work into an operation, for one projection type.
+/// Turns recorded partial work into an operation, for one projection type. Like a
+/// [`RecoveryStep`], called for several spaces at once.
 #[async_trait]
 pub trait PartialWorkResolver: Send + Sync + 'static {
     /// Build the operation from the checkpoint `partial` the worker recorded for `slot`.
