@@ -14,7 +14,7 @@
 //! a global meter provider or tracing subscriber.
 //!
 //! The hot path pays for a relaxed atomic add (the lease counters, read by observable
-//! counters at collection: [`lease_counts`]) and a histogram record per grant and commit,
+//! counters at collection: `lease_counts`) and a histogram record per grant and commit,
 //! with attribute sets built once per space and projection type and reused; latency comes
 //! from the monotonic clock. Gauges (watermark, lag, in-flight, backlog, queue sizes, load
 //! level) are read from values the engine already keeps when the exporter collects; they
