@@ -277,8 +277,8 @@ impl EngineTelemetry {
 
     /// The counts of a projection type the space has not counted yet: its own, or, once
     /// the space counts [`MAX_PROJECTION_TYPES`] apart, the shared [`OTHER_PROJECTION_TYPES`].
-    /// The cap bounds the map every grant looks up (an insert copies it) and the series
-    /// exported, when an application puts ids where names belong.
+    /// The cap bounds the map every grant looks up and the series exported, when an
+    /// application puts ids where names belong.
     fn new_type(space: &SpaceTelemetry, projection_type: &str) -> Arc<TypeCounts> {
         let label = if space.by_type.load().len() < MAX_PROJECTION_TYPES {
             projection_type
