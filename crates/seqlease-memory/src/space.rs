@@ -7,14 +7,14 @@ use crate::committed::CommittedIndex;
 use crate::slot::{Content, Labels, Slot, SlotLease};
 use crate::spare::{CHUNK, SpareChunk};
 
-/// Room for slots a space's first chunk starts with.
-const FIRST_CHUNK: usize = 16;
-
 use seqlease_core::{
     BatchOutcome, Command, CommitOutcome, CommitStatus, Entry, Fence, GapReason, GrantRequest,
     LeaseError, LeaseKey, LeaseRecord, OperationBody, ReleaseOutcome, Reply, SlotEventKind,
     SlotState, SlotView, SpaceConfig, SpaceInfo, SpaceName, Timestamp, Token,
 };
+
+/// Room for slots a space's first chunk starts with.
+const FIRST_CHUNK: usize = 16;
 
 #[derive(Debug)]
 pub(crate) struct SpaceState {
