@@ -1,11 +1,11 @@
 //! Cascades: many leases expiring at once (a crashed node, a stalled database).
 //!
 //! Above `threshold` expired slots the service enters **recovery mode**: it works in batches
-//! with a pause after every batch's worth of slots, whichever spaces they are in (so recovery
-//! does not starve live traffic), new leases get a
-//! longer TTL (so live workers do not join the cascade), and the application is told. It
-//! leaves recovery mode with hysteresis: only after the backlog stayed below `exit_below`
-//! for `exit_after` consecutive cycles.
+//! with a pause after every batch's worth of slots, whichever spaces they are in (so
+//! recovery does not starve live traffic), new leases get a longer TTL (so live workers do
+//! not join the cascade), and the application is told. It leaves recovery mode with
+//! hysteresis: only after the backlog stayed below `exit_below` for `exit_after`
+//! consecutive cycles.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

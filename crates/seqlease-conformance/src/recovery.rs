@@ -51,8 +51,8 @@ impl PartialWorkResolver for FailingResolver {
     }
 }
 
-/// Recovers only once `0`'s count of slots are being recovered at the same time (a
-/// resolver called for one space after another never gets there and fails).
+/// Recovers a slot only once as many slots as the barrier counts are being recovered at
+/// the same time; called for one space after another, it waits in vain and fails.
 struct TogetherResolver(Arc<tokio::sync::Barrier>);
 
 #[async_trait]
@@ -556,7 +556,7 @@ pub async fn cascade_across_many_spaces_pauses_per_batch(h: &dyn Harness) {
 
 /// One cycle cleans `spaces_at_once` spaces side by side: four spaces' slots reach the
 /// recovery step together (a resolver that waits for all four would fail if the spaces
-/// were cleaned one after another), and each space's log stays in order.
+/// were cleaned one after another), and each slot is recovered into its own space.
 pub async fn spaces_are_cleaned_side_by_side(h: &dyn Harness) {
     let fx = h.fresh().await;
     let engine = fx.engine().await;
