@@ -54,7 +54,10 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SEQLEASE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // Warnings, and the schema upgrade a store announces before a long wait.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("warn,seqlease::migrate=info")
+                }),
         )
         .with_writer(std::io::stderr)
         .init();

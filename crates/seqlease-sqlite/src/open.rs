@@ -139,17 +139,45 @@ pub(crate) async fn open(path: &Path, opts: &SqliteOptions) -> Result<Pools, Sto
 /// Where the database's schema stands relative to this binary's migrations.
 #[derive(Debug, PartialEq, Eq)]
 enum SchemaState {
-    /// Some (or all) of this binary's migrations are still to be applied.
-    Behind,
+    /// A new file: every migration is to be applied.
+    Empty,
+    /// A seqlease file with these migrations still to be applied.
+    Behind { pending: Vec<i64> },
     /// Every migration this binary knows is applied, and nothing else.
     Current,
 }
 
 /// Apply the embedded migrations, refusing databases that are newer or not ours.
 async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreError> {
-    if schema_state(conn, path).await? == SchemaState::Current {
-        return Ok(());
+    let upgrade = match schema_state(conn, path).await? {
+        SchemaState::Current => return Ok(()),
+        SchemaState::Empty => None,
+        SchemaState::Behind { pending } => Some(pending),
+    };
+    // An upgrade can rewrite a table (migration 5 copies every slot): say so before the
+    // wait, and how long it took after.
+    let started = std::time::Instant::now();
+    if let Some(pending) = &upgrade {
+        tracing::info!(
+            target: "seqlease::migrate",
+            path = %path.display(),
+            ?pending,
+            "upgrading the schema; a migration that rebuilds a table takes time in proportion to the log, with the file locked"
+        );
     }
+    let result = run_migrations(conn, path).await;
+    if result.is_ok() && upgrade.is_some() {
+        tracing::info!(
+            target: "seqlease::migrate",
+            path = %path.display(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "schema upgraded"
+        );
+    }
+    result
+}
+
+async fn run_migrations(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreError> {
     // `run_direct` is `Migrator::run` on a connection we already hold. `run` itself is
     // generic over `Acquire<'a>`, which makes the future of `open` fail to be `Send` for all
     // lifetimes (rustc's higher-ranked auto-trait limitation; sqlx keeps `run_direct` public
@@ -176,7 +204,7 @@ async fn schema_state(conn: &mut SqliteConnection, path: &Path) -> Result<Schema
 
     if !tables.iter().any(|t| t == "_sqlx_migrations") {
         if tables.is_empty() {
-            return Ok(SchemaState::Behind);
+            return Ok(SchemaState::Empty);
         }
         return Err(StoreError::Schema {
             backend: BACKEND,
@@ -225,10 +253,11 @@ async fn schema_state(conn: &mut SqliteConnection, path: &Path) -> Result<Schema
         }
         applied.insert(version);
     }
-    Ok(if applied == known {
+    let pending: Vec<i64> = known.difference(&applied).copied().collect();
+    Ok(if pending.is_empty() {
         SchemaState::Current
     } else {
-        SchemaState::Behind
+        SchemaState::Behind { pending }
     })
 }
 
@@ -298,5 +327,44 @@ mod tests {
     #[test]
     fn migrations_are_embedded() {
         assert!(MIGRATOR.iter().count() >= 1);
+    }
+
+    /// An upgrade is told apart from a new file, so only an upgrade is announced, with the
+    /// migrations it will apply.
+    #[tokio::test]
+    async fn the_schema_state_names_the_pending_migrations() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let path = dir.path().join("state.db");
+        let mut conn = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .connect()
+            .await
+            .expect("connect");
+        assert_eq!(
+            schema_state(&mut conn, &path).await.unwrap(),
+            SchemaState::Empty
+        );
+        migrate(&mut conn, &path).await.expect("migrate");
+        assert_eq!(
+            schema_state(&mut conn, &path).await.unwrap(),
+            SchemaState::Current
+        );
+        let newest = MIGRATOR
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .expect("migrations");
+        sqlx::query("DELETE FROM _sqlx_migrations WHERE version = ?")
+            .bind(newest)
+            .execute(&mut conn)
+            .await
+            .expect("forget the newest migration");
+        assert_eq!(
+            schema_state(&mut conn, &path).await.unwrap(),
+            SchemaState::Behind {
+                pending: vec![newest]
+            }
+        );
     }
 }
