@@ -170,6 +170,9 @@ pub struct CleanupArgs {
     /// Seconds between cycles.
     #[arg(long, default_value_t = 1.0)]
     interval: f64,
+    /// Spaces a cycle cleans side by side (1..=256; 1: one after another).
+    #[arg(long, default_value_t = CleanupConfig::default().spaces_at_once)]
+    spaces_at_once: usize,
 }
 
 pub async fn cleanup(args: CleanupArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -177,9 +180,14 @@ pub async fn cleanup(args: CleanupArgs) -> anyhow::Result<std::process::ExitCode
         args.interval.is_finite() && args.interval > 0.0 && args.interval <= 3600.0,
         "--interval must be in (0, 3600] seconds"
     );
+    anyhow::ensure!(
+        (1..=256).contains(&args.spaces_at_once),
+        "--spaces-at-once must be in 1..=256"
+    );
     let engine = Engine::open(&args.db).await?;
     let config = CleanupConfig {
         interval: Duration::from_secs_f64(args.interval),
+        spaces_at_once: args.spaces_at_once,
         ..CleanupConfig::default()
     };
     let cleanup = engine.cleanup().config(config).build().await?;
