@@ -26,21 +26,39 @@ fn stripe() -> usize {
     STRIPE.with(|s| *s)
 }
 
+/// One `u64` per stripe; the calling thread writes its own.
+#[derive(Debug, Default)]
+struct Stripes([Line<AtomicU64>; STRIPES]);
+
+impl Stripes {
+    /// The calling thread's stripe.
+    fn mine(&self) -> &AtomicU64 {
+        &self.0[stripe()].0
+    }
+
+    fn values(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0.iter().map(|l| l.0.load(Ordering::Relaxed))
+    }
+
+    /// `first` in the first stripe, zero in the others.
+    fn reset(&self, first: u64) {
+        for (i, l) in self.0.iter().enumerate() {
+            l.0.store(if i == 0 { first } else { 0 }, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A sum of `u64` additions.
 #[derive(Debug, Default)]
-pub(crate) struct StripedSum {
-    lines: [Line<AtomicU64>; STRIPES],
-}
+pub(crate) struct StripedSum(Stripes);
 
 impl StripedSum {
     pub(crate) fn add(&self, n: u64) {
-        self.lines[stripe()].0.fetch_add(n, Ordering::Relaxed);
+        self.0.mine().fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn get(&self) -> u64 {
-        self.lines
-            .iter()
-            .fold(0u64, |sum, l| sum.wrapping_add(l.0.load(Ordering::Relaxed)))
+        self.0.values().fold(0u64, u64::wrapping_add)
     }
 }
 
@@ -57,9 +75,7 @@ impl StripedLevel {
     /// Set the level to `v`. An add racing the reset lands before or after it, as with
     /// a single atomic's store.
     pub(crate) fn set(&self, v: i64) {
-        for (i, l) in self.0.lines.iter().enumerate() {
-            l.0.store(if i == 0 { v as u64 } else { 0 }, Ordering::Relaxed);
-        }
+        self.0.0.reset(v as u64);
     }
 
     pub(crate) fn get(&self) -> i64 {
@@ -69,21 +85,15 @@ impl StripedLevel {
 
 /// The highest of the values offered.
 #[derive(Debug, Default)]
-pub(crate) struct StripedMax {
-    lines: [Line<AtomicU64>; STRIPES],
-}
+pub(crate) struct StripedMax(Stripes);
 
 impl StripedMax {
     pub(crate) fn offer(&self, v: u64) {
-        self.lines[stripe()].0.fetch_max(v, Ordering::Relaxed);
+        self.0.mine().fetch_max(v, Ordering::Relaxed);
     }
 
     pub(crate) fn get(&self) -> u64 {
-        self.lines
-            .iter()
-            .map(|l| l.0.load(Ordering::Relaxed))
-            .max()
-            .unwrap_or(0)
+        self.0.values().max().unwrap_or(0)
     }
 }
 
