@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use seqlease::cleanup::CleanupConfig;
+use seqlease::cleanup::{CleanupConfig, CycleReport, LoadLevel};
 use seqlease::core::{ParkedAction, ParkedCommand, ParkedQuery, ParkedState, Reply};
 use seqlease::{DEFAULT_URL, Engine, SpaceName};
 use serde_json::json;
@@ -173,6 +173,9 @@ pub struct CleanupArgs {
     /// Spaces a cycle cleans side by side (1..=256; 1: one after another).
     #[arg(long, default_value_t = CleanupConfig::default().spaces_at_once)]
     spaces_at_once: usize,
+    /// With `--once`: print the cycle's report as one JSON object.
+    #[arg(long, requires = "once")]
+    json: bool,
 }
 
 pub async fn cleanup(args: CleanupArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -193,7 +196,11 @@ pub async fn cleanup(args: CleanupArgs) -> anyhow::Result<std::process::ExitCode
     let cleanup = engine.cleanup().config(config).build().await?;
     if args.once {
         let report = cleanup.run_once().await?;
-        println!("{report:?}");
+        if args.json {
+            println!("{}", report_json(&report));
+        } else {
+            println!("{}", report_line(&report));
+        }
         return Ok(std::process::ExitCode::SUCCESS);
     }
     eprintln!(
@@ -204,4 +211,65 @@ pub async fn cleanup(args: CleanupArgs) -> anyhow::Result<std::process::ExitCode
     tokio::signal::ctrl_c().await?;
     handle.stop().await;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// One cycle's report for an operator: what was found, and what became of it.
+fn report_line(report: &CycleReport) -> String {
+    let recovered = report
+        .recovered
+        .iter()
+        .map(|(step, n)| format!("{step} {n}"))
+        .collect::<Vec<_>>();
+    let recovered = if recovered.is_empty() {
+        "0".to_owned()
+    } else {
+        format!("{} ({})", report.recovered_total(), recovered.join(", "))
+    };
+    format!(
+        "cleanup: load {}{}; {} expired, {} claimed, {} recovered, {} gapped ({} with work \
+         parked), {} superseded, {} claims lost; {} parked items re-sequenced, {} failed; \
+         {} resource leases expired; {} history events pruned; {} pauses",
+        report.level.map_or("unknown", LoadLevel::as_str),
+        if report.recovery_mode {
+            ", recovery mode"
+        } else {
+            ""
+        },
+        report.backlog,
+        report.claimed,
+        recovered,
+        report.gapped,
+        report.parked,
+        report.duplicates,
+        report.claims_lost,
+        report.resequenced,
+        report.parked_failures,
+        report.resources_expired,
+        report.history_pruned,
+        report.pauses,
+    )
+}
+
+fn report_json(report: &CycleReport) -> serde_json::Value {
+    let recovered: serde_json::Map<String, serde_json::Value> = report
+        .recovered
+        .iter()
+        .map(|(step, n)| ((*step).to_owned(), json!(n)))
+        .collect();
+    json!({
+        "level": report.level.map(LoadLevel::as_str),
+        "recovery_mode": report.recovery_mode,
+        "backlog": report.backlog,
+        "claimed": report.claimed,
+        "recovered": recovered,
+        "gapped": report.gapped,
+        "parked": report.parked,
+        "superseded": report.duplicates,
+        "claims_lost": report.claims_lost,
+        "resequenced": report.resequenced,
+        "parked_failures": report.parked_failures,
+        "resources_expired": report.resources_expired,
+        "history_pruned": report.history_pruned,
+        "pauses": report.pauses,
+    })
 }

@@ -1,0 +1,275 @@
+//! The `seqlease` binary as an operator runs it: every command here starts the real
+//! executable, and the checks read its exit status, its JSON and its error messages.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use seqlease::{Engine, Grant, ManualClock};
+use serde_json::Value;
+
+fn seqlease(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_seqlease"))
+        .args(args)
+        .current_dir(dir)
+        // The defaults under test, not the environment of whoever runs the tests.
+        .env_remove("SEQLEASE_DB")
+        .env_remove("SEQLEASE_LOG")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+        .output()
+        .expect("the seqlease binary starts")
+}
+
+/// Runs a command that must succeed and print one JSON object.
+fn json_of(dir: &Path, args: &[&str]) -> Value {
+    let out = seqlease(dir, args);
+    assert!(
+        out.status.success(),
+        "seqlease {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "seqlease {args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Runs a command that must fail with exit status 2; returns its stderr.
+fn refusal_of(dir: &Path, args: &[&str]) -> String {
+    let out = seqlease(dir, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "seqlease {args:?} should be refused; stdout: {} stderr: {stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
+fn count(value: &Value, key: &str) -> u64 {
+    value[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is not a count in {value}"))
+}
+
+#[test]
+fn the_demo_verifies_its_log_in_the_default_sqlite_file_and_status_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = json_of(
+        dir.path(),
+        &["demo", "--events", "300", "--workers", "4", "--json"],
+    );
+    assert_eq!(summary["verified"], true, "{summary}");
+    assert_eq!(summary["store"], "sqlite");
+    assert_eq!(count(&summary, "committed"), 300);
+    assert_eq!(
+        count(&summary, "slots"),
+        count(&summary, "committed") + count(&summary, "gaps"),
+        "every slot is an operation or a gap: {summary}"
+    );
+    assert!(
+        dir.path().join("seqlease.db").exists(),
+        "the default file is in the cwd"
+    );
+
+    let status = json_of(dir.path(), &["status", "--json"]);
+    let spaces = status["spaces"].as_array().unwrap();
+    assert_eq!(spaces.len(), 1, "{status}");
+    assert_eq!(spaces[0]["space"], summary["space"]);
+    assert_eq!(spaces[0]["watermark"], summary["slots"]);
+    assert_eq!(count(&spaces[0], "in_flight"), 0);
+}
+
+#[test]
+fn the_demo_runs_on_the_memory_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = json_of(
+        dir.path(),
+        &["demo", "--db", "memory", "--events", "200", "--json"],
+    );
+    assert_eq!(summary["verified"], true, "{summary}");
+    assert_eq!(summary["store"], "memory");
+    assert_eq!(count(&summary, "committed"), 200);
+    assert!(
+        !dir.path().join("seqlease.db").exists(),
+        "memory writes no file"
+    );
+}
+
+#[test]
+fn bench_prints_the_fields_dashboards_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = json_of(
+        dir.path(),
+        &[
+            "bench",
+            "--db",
+            "memory",
+            "--workers",
+            "2",
+            "--duration",
+            "1",
+            "--json",
+        ],
+    );
+    assert_eq!(report["store"], "memory");
+    assert_eq!(count(&report, "workers"), 2);
+    assert!(count(&report, "cycles") > 0, "{report}");
+    for key in ["cycles_per_sec", "p50_us", "p99_us", "max_us"] {
+        assert!(report[key].is_number(), "{key} missing in {report}");
+    }
+    assert!(
+        report["p50_us"].as_f64() <= report["max_us"].as_f64(),
+        "{report}"
+    );
+}
+
+/// Leaves two expired leases in a SQLite file, one of them with recorded partial work.
+/// The leases are granted on a manual clock that stands at 2026-01-01, so their deadlines
+/// have passed for the real clock the CLI runs on: no waiting for a TTL.
+async fn abandon_two_leases(url: &str) {
+    let engine = Engine::builder()
+        .url(url)
+        .clock(Arc::new(ManualClock::new()))
+        .build()
+        .await
+        .unwrap();
+    let space = engine.space("orders").await.unwrap();
+    let ttl = Duration::from_secs(5);
+    let plain = space
+        .grant(Grant::new("op-1", "order").ttl(ttl))
+        .await
+        .unwrap();
+    let mut with_work = space
+        .grant(Grant::new("op-2", "order").ttl(ttl))
+        .await
+        .unwrap();
+    with_work
+        .record_partial(br#"{"where_result":[7]}"#.to_vec())
+        .await
+        .unwrap();
+    plain.abandon();
+    with_work.abandon();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_resolves_expired_leases_and_an_operator_settles_the_parked_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ops.db").display());
+    abandon_two_leases(&url).await;
+    let dir = dir.path();
+
+    let cycle = json_of(dir, &["cleanup", "--db", &url, "--once", "--json"]);
+    assert_eq!(count(&cycle, "backlog"), 2, "{cycle}");
+    assert_eq!(count(&cycle, "claimed"), 2, "{cycle}");
+    // No resolver for partial work is registered in the CLI: both slots become gaps and
+    // the recorded work is parked, not dropped.
+    assert_eq!(count(&cycle, "gapped"), 2, "{cycle}");
+    assert_eq!(count(&cycle, "parked"), 1, "{cycle}");
+
+    let status = json_of(dir, &["status", "--db", &url, "--json"]);
+    assert_eq!(count(&status["spaces"][0], "watermark"), 2, "{status}");
+
+    let listed = seqlease(dir, &["recovery", "--db", &url, "list", "--json"]);
+    assert!(listed.status.success());
+    let items: Vec<Value> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(items.len(), 1, "{items:?}");
+    let item = &items[0];
+    assert_eq!(item["space"], "orders");
+    assert_eq!(item["operation_id"], "op-2");
+    assert_eq!(item["has_partial"], true);
+    let id = item["id"].to_string();
+
+    let settled = seqlease(
+        dir,
+        &[
+            "recovery",
+            "--db",
+            &url,
+            "resolve-as-gap",
+            &id,
+            "--actor",
+            "ci",
+        ],
+    );
+    assert!(settled.status.success(), "{settled:?}");
+    assert!(
+        String::from_utf8_lossy(&settled.stdout).contains("now discarded"),
+        "{settled:?}"
+    );
+    let again = refusal_of(dir, &["recovery", "--db", &url, "retry", &id]);
+    assert!(again.contains(&id), "the refusal names the item: {again}");
+
+    let quiet = json_of(dir, &["cleanup", "--db", &url, "--once", "--json"]);
+    assert_eq!(count(&quiet, "backlog"), 0, "{quiet}");
+    let line = seqlease(dir, &["cleanup", "--db", &url, "--once"]);
+    let line = String::from_utf8_lossy(&line.stdout);
+    assert!(line.starts_with("cleanup: load "), "{line}");
+    assert!(line.contains("0 expired"), "{line}");
+}
+
+#[test]
+fn bad_arguments_are_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+
+    let stderr = refusal_of(
+        dir,
+        &[
+            "cleanup",
+            "--db",
+            "memory",
+            "--spaces-at-once",
+            "0",
+            "--once",
+        ],
+    );
+    assert!(stderr.contains("1..=256"), "{stderr}");
+    let stderr = refusal_of(
+        dir,
+        &["cleanup", "--db", "memory", "--interval", "0", "--once"],
+    );
+    assert!(stderr.contains("--interval"), "{stderr}");
+    let stderr = refusal_of(dir, &["cleanup", "--db", "memory", "--json"]);
+    assert!(stderr.contains("--once"), "--json needs --once: {stderr}");
+
+    let stderr = refusal_of(dir, &["status", "--db", "mysql://localhost/x"]);
+    for scheme in ["memory", "sqlite://", "postgres://"] {
+        assert!(
+            stderr.contains(scheme),
+            "the refusal lists {scheme}: {stderr}"
+        );
+    }
+
+    let stderr = refusal_of(dir, &["recovery", "list", "--state", "lost"]);
+    assert!(stderr.contains("parked, manual"), "{stderr}");
+}
+
+#[test]
+fn a_corrupt_database_file_is_refused_and_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("corrupt.db");
+    let garbage = b"this is not a SQLite database, just bytes an operator pointed at".repeat(64);
+    std::fs::write(&path, &garbage).unwrap();
+    let url = format!("sqlite://{}", path.display());
+
+    let stderr = refusal_of(dir.path(), &["status", "--db", &url]);
+    assert!(
+        stderr.contains("corrupt.db"),
+        "the refusal names the file: {stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        garbage,
+        "the file is untouched"
+    );
+}
