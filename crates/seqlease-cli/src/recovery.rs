@@ -193,7 +193,17 @@ pub async fn cleanup(args: CleanupArgs) -> anyhow::Result<std::process::ExitCode
         spaces_at_once: args.spaces_at_once,
         ..CleanupConfig::default()
     };
-    let cleanup = engine.cleanup().config(config).build().await?;
+    let cleanup = engine
+        .cleanup()
+        .config(config)
+        // Running for hours, it says what it did, and stays quiet while nothing expires.
+        .on_cycle(|report| {
+            if report.did_work() {
+                println!("{}", report_line(report));
+            }
+        })
+        .build()
+        .await?;
     if args.once {
         let report = cleanup.run_once().await?;
         if args.json {
@@ -204,7 +214,7 @@ pub async fn cleanup(args: CleanupArgs) -> anyhow::Result<std::process::ExitCode
         return Ok(std::process::ExitCode::SUCCESS);
     }
     eprintln!(
-        "cleanup: running every {} s on {}; Ctrl-C to stop",
+        "cleanup: running every {} s on {}; a line for each cycle that resolves something; Ctrl-C to stop",
         args.interval, args.db
     );
     let handle = cleanup.start();
@@ -227,8 +237,8 @@ fn report_line(report: &CycleReport) -> String {
     };
     format!(
         "cleanup: load {}{}; {} expired, {} claimed, {} recovered, {} gapped ({} with work \
-         parked), {} superseded, {} claims lost; {} parked items re-sequenced, {} failed; \
-         {} resource leases expired; {} history events pruned; {} pauses",
+         parked), {} superseded, {} claims lost; parked work: {} re-sequenced, {} attempts \
+         failed; {} resource leases expired; {} history events pruned; {} pauses",
         report.level.map_or("unknown", LoadLevel::as_str),
         if report.recovery_mode {
             ", recovery mode"

@@ -217,6 +217,37 @@ async fn cleanup_resolves_expired_leases_and_an_operator_settles_the_parked_work
     assert!(line.contains("0 expired"), "{line}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_cleanup_service_prints_a_line_for_each_cycle_that_resolves_something() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ops.db").display());
+    abandon_two_leases(&url).await;
+    let mut service = Command::new(env!("CARGO_BIN_EXE_seqlease"))
+        .args(["cleanup", "--db", &url, "--interval", "0.05"])
+        .env_remove("SEQLEASE_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = service.stdout.take().unwrap();
+    let (lines, printed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let first = printed.recv_timeout(Duration::from_secs(60));
+    service.kill().unwrap();
+    service.wait().unwrap();
+    let first = first.expect("the service printed what its first cycle did");
+    assert!(first.starts_with("cleanup: load "), "{first}");
+    assert!(first.contains("2 claimed"), "{first}");
+    assert!(first.contains("(1 with work parked)"), "{first}");
+}
+
 #[test]
 fn bad_arguments_are_refused_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();

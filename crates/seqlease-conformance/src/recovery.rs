@@ -904,9 +904,12 @@ pub async fn background_service_resolves_expired_slots(h: &dyn Harness) {
         .grant(Grant::new("stuck", "orders").ttl(TTL))
         .await
         .unwrap();
+    let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = reports.clone();
     let handle = engine
         .cleanup()
         .config(config("bg"))
+        .on_cycle(move |report| seen.lock().unwrap().push(report.clone()))
         .build()
         .await
         .unwrap()
@@ -918,6 +921,10 @@ pub async fn background_service_resolves_expired_slots(h: &dyn Harness) {
         "I10: resolved by the running service"
     );
     handle.stop().await;
+    let reports = std::mem::take(&mut *reports.lock().unwrap());
+    let claimed: u64 = reports.iter().map(|r| r.claimed).sum();
+    assert_eq!(claimed, 2, "every cycle is reported: {reports:?}");
+    assert!(reports.iter().any(|r| r.did_work()), "{reports:?}");
     let log = read_all(&s).await;
     assert_eq!(
         log[0]
