@@ -19,6 +19,9 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         .strip_prefix("sqlite://")
         .or_else(|| args.db.strip_prefix("sqlite:"))
     {
+        let path = path
+            .split_once('?')
+            .map_or(path, |(file, _parameters)| file);
         // Opening creates a missing file; for a status query a typo must not look like an
         // empty store.
         anyhow::ensure!(

@@ -281,6 +281,19 @@ fn bad_arguments_are_refused_with_what_to_do() {
         );
     }
 
+    let missing = format!("sqlite://{}", dir.join("typo.db").display());
+    let stderr = refusal_of(dir, &["status", "--db", &missing]);
+    assert!(stderr.contains("no database at"), "{stderr}");
+    let stderr = refusal_of(
+        dir,
+        &["status", "--db", &format!("{missing}?synchronous=full")],
+    );
+    assert!(stderr.contains("no database at"), "{stderr}");
+    assert!(!dir.join("typo.db").exists(), "status creates no file");
+
+    let stderr = refusal_of(dir, &["demo", "--db", &format!("{missing}?sync=full")]);
+    assert!(stderr.contains("unknown parameter \"sync\""), "{stderr}");
+
     let stderr = refusal_of(dir, &["recovery", "list", "--state", "lost"]);
     assert!(stderr.contains("parked, manual"), "{stderr}");
 }

@@ -167,9 +167,12 @@ impl SqliteStore {
     }
 
     /// Open the store named by a URL: `sqlite://PATH` or `sqlite:PATH`
-    /// (`sqlite:///abs/path.db` for an absolute path). See [`SqliteStore::open`].
+    /// (`sqlite:///abs/path.db` for an absolute path). Two parameters override `opts`:
+    /// `?synchronous=full` (or `normal`) and `?page_size=N`, as in
+    /// `sqlite://app.db?synchronous=full&page_size=1024`; any other is refused with
+    /// [`StoreError::BadUrl`]. See [`SqliteStore::open`].
     pub async fn open_url(url: &str, opts: SqliteOptions) -> Result<SqliteStore, StoreError> {
-        let path = open::path_from_url(url)?;
+        let (path, opts) = open::from_url(url, opts)?;
         SqliteStore::open(path, opts).await
     }
 

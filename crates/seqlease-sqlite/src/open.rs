@@ -64,12 +64,49 @@ pub(crate) fn path_from_url(url: &str) -> Result<&Path, StoreError> {
             "in-memory SQLite databases are not supported; use a file or the memory store",
         ));
     }
-    if rest.contains('?') {
-        return Err(bad(
-            "URL parameters are not supported; the store sets its own pragmas (use SqliteOptions)",
-        ));
-    }
     Ok(Path::new(rest))
+}
+
+/// Split a store URL into the file path and the settings its parameters ask for, applied
+/// over `opts`: `?synchronous=normal|full` and `?page_size=N` (joined with `&`). Anything
+/// else is refused: a misspelt parameter must not be ignored.
+pub(crate) fn from_url(
+    url: &str,
+    mut opts: SqliteOptions,
+) -> Result<(&Path, SqliteOptions), StoreError> {
+    let bad = |reason: String| StoreError::BadUrl {
+        url: url.to_string(),
+        reason,
+    };
+    let (file, query) = url.split_once('?').unwrap_or((url, ""));
+    let path = path_from_url(file).map_err(|e| match e {
+        // Name the whole URL the operator gave, parameters included.
+        StoreError::BadUrl { reason, .. } => bad(reason),
+        other => other,
+    })?;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match (key, value) {
+            ("synchronous", "normal" | "NORMAL") => opts.synchronous_full = false,
+            ("synchronous", "full" | "FULL") => opts.synchronous_full = true,
+            ("synchronous", other) => {
+                return Err(bad(format!("synchronous={other:?}: use normal or full")));
+            }
+            ("page_size", n) => {
+                opts.page_size = n.parse().map_err(|_| {
+                    bad(format!(
+                        "page_size={n:?}: use a power of two from 512 to 65536"
+                    ))
+                })?;
+            }
+            (other, _) => {
+                return Err(bad(format!(
+                    "unknown parameter {other:?}: the parameters are synchronous and page_size"
+                )));
+            }
+        }
+    }
+    Ok((path, opts))
 }
 
 /// SQLite would ignore a page size that is not a power of two in 512..=65536 without a
@@ -299,28 +336,59 @@ fn map_migrate(e: MigrateError, path: &Path) -> StoreError {
 mod tests {
     use super::*;
 
+    fn path_of(url: &str) -> Result<&Path, StoreError> {
+        from_url(url, SqliteOptions::default()).map(|(path, _)| path)
+    }
+
     #[test]
     fn urls_name_a_file() {
         assert_eq!(
-            path_from_url("sqlite://data/seq.db").unwrap(),
+            path_of("sqlite://data/seq.db").unwrap(),
             Path::new("data/seq.db")
         );
         assert_eq!(
-            path_from_url("sqlite:///abs/seq.db").unwrap(),
+            path_of("sqlite:///abs/seq.db").unwrap(),
             Path::new("/abs/seq.db")
         );
-        assert_eq!(path_from_url("sqlite:seq.db").unwrap(), Path::new("seq.db"));
-        for bad in [
-            "postgres://x/y",
-            "sqlite://",
-            "sqlite::memory:",
-            "sqlite://a.db?mode=ro",
-            "a.db",
-        ] {
+        assert_eq!(path_of("sqlite:seq.db").unwrap(), Path::new("seq.db"));
+        for bad in ["postgres://x/y", "sqlite://", "sqlite::memory:", "a.db"] {
             assert!(
-                matches!(path_from_url(bad), Err(StoreError::BadUrl { .. })),
+                matches!(path_of(bad), Err(StoreError::BadUrl { .. })),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn url_parameters_set_synchronous_and_the_page_size() {
+        let (path, opts) = from_url(
+            "sqlite://a.db?synchronous=full&page_size=1024",
+            SqliteOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(path, Path::new("a.db"));
+        assert!(opts.synchronous_full);
+        assert_eq!(opts.page_size, 1024);
+        let full = SqliteOptions {
+            synchronous_full: true,
+            ..SqliteOptions::default()
+        };
+        let (_, opts) = from_url("sqlite://a.db?synchronous=normal", full).unwrap();
+        assert!(!opts.synchronous_full, "the URL overrides the options");
+
+        for (bad, says) in [
+            ("sqlite://a.db?mode=ro", "unknown parameter \"mode\""),
+            ("sqlite://a.db?synchronous=off", "use normal or full"),
+            ("sqlite://a.db?page_size=big", "power of two"),
+            ("sqlite://?page_size=1024", "names no database file"),
+        ] {
+            match from_url(bad, SqliteOptions::default()) {
+                Err(StoreError::BadUrl { url, reason }) => {
+                    assert_eq!(url, bad, "the error names the whole URL");
+                    assert!(reason.contains(says), "{bad}: {reason}");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
         }
     }
 

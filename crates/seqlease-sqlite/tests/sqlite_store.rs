@@ -384,7 +384,29 @@ async fn open_url_accepts_both_sqlite_forms_and_rejects_others() {
     .await
     .unwrap();
     store.close().await;
-    for bad in ["postgres://localhost/db", "sqlite::memory:", "sqlite://"] {
+    // Parameters reach the file: a new file gets the page size the URL asks for.
+    let small = dir.path().join("small-pages.db");
+    let store = SqliteStore::open_url(
+        &format!(
+            "sqlite://{}?page_size=1024&synchronous=full",
+            small.display()
+        ),
+        SqliteOptions::default(),
+    )
+    .await
+    .unwrap();
+    store.close().await;
+    let page_size: u32 = seqlease_sqlite::rusqlite::Connection::open(&small)
+        .unwrap()
+        .query_row("PRAGMA page_size", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(page_size, 1024);
+    for bad in [
+        "postgres://localhost/db",
+        "sqlite::memory:",
+        "sqlite://",
+        "sqlite://x.db?journal_mode=delete",
+    ] {
         let err = SqliteStore::open_url(bad, SqliteOptions::default())
             .await
             .unwrap_err();
