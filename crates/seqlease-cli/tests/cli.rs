@@ -58,21 +58,28 @@ fn count(value: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} is not a count in {value}"))
 }
 
-#[test]
-fn the_demo_verifies_its_log_in_the_default_sqlite_file_and_status_shows_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let summary = json_of(
-        dir.path(),
-        &["demo", "--events", "300", "--workers", "4", "--json"],
-    );
+/// Runs `seqlease demo` with `extra` arguments and `events` events; checks that it verified
+/// its log on `store` and that every slot is an operation or a gap. Returns the summary.
+fn verified_demo(dir: &Path, extra: &[&str], store: &str, events: u64) -> Value {
+    let events_arg = events.to_string();
+    let mut args = vec!["demo", "--events", &events_arg, "--json"];
+    args.extend_from_slice(extra);
+    let summary = json_of(dir, &args);
     assert_eq!(summary["verified"], true, "{summary}");
-    assert_eq!(summary["store"], "sqlite");
-    assert_eq!(count(&summary, "committed"), 300);
+    assert_eq!(summary["store"], store);
+    assert_eq!(count(&summary, "committed"), events);
     assert_eq!(
         count(&summary, "slots"),
         count(&summary, "committed") + count(&summary, "gaps"),
         "every slot is an operation or a gap: {summary}"
     );
+    summary
+}
+
+#[test]
+fn the_demo_verifies_its_log_in_the_default_sqlite_file_and_status_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = verified_demo(dir.path(), &["--workers", "4"], "sqlite", 300);
     assert!(
         dir.path().join("seqlease.db").exists(),
         "the default file is in the cwd"
@@ -89,13 +96,7 @@ fn the_demo_verifies_its_log_in_the_default_sqlite_file_and_status_shows_it() {
 #[test]
 fn the_demo_runs_on_the_memory_store() {
     let dir = tempfile::tempdir().unwrap();
-    let summary = json_of(
-        dir.path(),
-        &["demo", "--db", "memory", "--events", "200", "--json"],
-    );
-    assert_eq!(summary["verified"], true, "{summary}");
-    assert_eq!(summary["store"], "memory");
-    assert_eq!(count(&summary, "committed"), 200);
+    verified_demo(dir.path(), &["--db", "memory"], "memory", 200);
     assert!(
         !dir.path().join("seqlease.db").exists(),
         "memory writes no file"
