@@ -214,7 +214,7 @@ pub async fn cleanup(args: CleanupArgs) -> anyhow::Result<std::process::ExitCode
         return Ok(std::process::ExitCode::SUCCESS);
     }
     eprintln!(
-        "cleanup: running every {} s on {}; a line for each cycle that resolves something; Ctrl-C to stop",
+        "cleanup: running every {} s on {}; a line for each cycle that does something; Ctrl-C to stop",
         args.interval, args.db
     );
     let handle = cleanup.start();
