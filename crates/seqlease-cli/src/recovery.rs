@@ -237,8 +237,8 @@ fn report_line(report: &CycleReport) -> String {
     };
     format!(
         "cleanup: load {}{}; {} expired, {} claimed, {} recovered, {} gapped ({} with work \
-         parked), {} superseded, {} claims lost; parked work: {} re-sequenced, {} attempts \
-         failed; {} resource leases expired; {} history events pruned; {} pauses",
+         parked), {} superseded, {} claims lost; parked work: {} re-sequenced, {} failed \
+         {}; {} resource leases expired; {} history events pruned; {} pauses",
         report.level.map_or("unknown", LoadLevel::as_str),
         if report.recovery_mode {
             ", recovery mode"
@@ -254,6 +254,11 @@ fn report_line(report: &CycleReport) -> String {
         report.claims_lost,
         report.resequenced,
         report.parked_failures,
+        if report.parked_failures == 1 {
+            "attempt"
+        } else {
+            "attempts"
+        },
         report.resources_expired,
         report.history_pruned,
         report.pauses,

@@ -247,6 +247,8 @@ async fn the_running_cleanup_service_prints_a_line_for_each_cycle_that_resolves_
     assert!(first.starts_with("cleanup: load "), "{first}");
     assert!(first.contains("2 claimed"), "{first}");
     assert!(first.contains("(1 with work parked)"), "{first}");
+    // No resolver can rebuild the parked work: the cycle's attempt at it failed.
+    assert!(first.contains("1 failed attempt;"), "{first}");
 }
 
 #[test]
