@@ -1,6 +1,6 @@
 //! `seqlease status`: what is in the store.
 
-use seqlease::{DEFAULT_URL, Engine};
+use seqlease::{DEFAULT_URL, Engine, SqliteStore};
 
 /// Arguments of `seqlease status`.
 #[derive(clap::Args, Debug)]
@@ -14,19 +14,14 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
-    if let Some(path) = args
-        .db
-        .strip_prefix("sqlite://")
-        .or_else(|| args.db.strip_prefix("sqlite:"))
-    {
-        let path = path
-            .split_once('?')
-            .map_or(path, |(file, _parameters)| file);
+    if args.db.trim().starts_with("sqlite:") {
+        let path = SqliteStore::file_of_url(args.db.trim())?;
         // Opening creates a missing file; for a status query a typo must not look like an
         // empty store.
         anyhow::ensure!(
-            std::path::Path::new(path).exists(),
-            "no database at {path}: check --db (run `seqlease demo --db {}` to create one)",
+            path.exists(),
+            "no database at {}: check --db (run `seqlease demo --db {}` to create one)",
+            path.display(),
             args.db
         );
     }

@@ -176,6 +176,12 @@ impl SqliteStore {
         SqliteStore::open(path, opts).await
     }
 
+    /// The database file a store URL names, parameters aside; the URL is checked as
+    /// [`SqliteStore::open_url`] checks it. Nothing is opened or created.
+    pub fn file_of_url(url: &str) -> Result<&Path, StoreError> {
+        open::from_url(url, SqliteOptions::default()).map(|(path, _)| path)
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path

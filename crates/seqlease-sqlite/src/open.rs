@@ -337,7 +337,7 @@ mod tests {
     use super::*;
 
     fn path_of(url: &str) -> Result<&Path, StoreError> {
-        from_url(url, SqliteOptions::default()).map(|(path, _)| path)
+        crate::SqliteStore::file_of_url(url)
     }
 
     #[test]
