@@ -5,7 +5,8 @@
 //! dispatcher task drains whatever has queued while the previous batch was in the store and
 //! sends it as the next batch: under load batches grow by themselves, and one fsync serves
 //! many commits. For the in-memory store, where a batch saves nothing, commands go straight
-//! to the store.
+//! to the store, and a store that answers without I/O ([`Store::inline`]) answers on the
+//! caller's thread, without a future.
 //!
 //! Callers may be cancelled at any time: the batch runs on the dispatcher task, so a dropped
 //! caller never leaves a transaction half-done; it just never sees its reply.
@@ -154,7 +155,10 @@ impl Dispatcher {
                 rx.await.map_err(|_| Error::Closed)?
             }
             None => {
-                let outcome = self.store.execute_one(command).await?;
+                let outcome = match self.store.inline() {
+                    Some(store) => store.execute_now(command)?,
+                    None => self.store.execute_one(command).await?,
+                };
                 self.spaces.apply_progress(outcome.progress.as_slice());
                 Ok(outcome.reply?)
             }

@@ -51,6 +51,7 @@ macro_rules! conformance_suite {
             grant_many_in_one_batch,
             local_deadline_is_never_after_store_expiry,
             execute_one_answers_as_a_batch_of_one,
+            inline_execution_answers_as_execute_one,
         );
         #[test]
         fn model_random_sequences_match_reference() {

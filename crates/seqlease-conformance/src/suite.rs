@@ -1291,3 +1291,87 @@ pub async fn execute_one_answers_as_a_batch_of_one(h: &dyn Harness) {
         one.reply
     );
 }
+
+/// A store's synchronous path ([`seqlease_core::Store::inline`]), where it has one, answers
+/// as `execute_one` does: grants, refusals at capacity and of a wrong token, commits with
+/// their progress, and unknown spaces. Stores without one (every store that does I/O) pass
+/// by answering `None`.
+pub async fn inline_execution_answers_as_execute_one(h: &dyn Harness) {
+    use seqlease_core::GrantRequest;
+    let fx = h.fresh().await;
+    let Some(inline) = fx.store.inline() else {
+        return;
+    };
+    let name = seqlease::SpaceName::new("inline").unwrap();
+    fx.store
+        .ensure_space(&name, &SpaceConfig { capacity: 2 })
+        .await
+        .unwrap();
+    let grant = |id: &str, space: &seqlease::SpaceName| {
+        Command::Grant(GrantRequest {
+            space: space.clone(),
+            operation_id: id.into(),
+            projection_type: "t".into(),
+            owner: "conformance".into(),
+            ttl: TTL,
+            fence: None,
+        })
+    };
+    let one = inline.execute_now(grant("op-1", &name)).unwrap();
+    let Ok(Reply::Granted(first)) = one.reply else {
+        panic!("grant answered {:?}", one.reply);
+    };
+    assert_eq!((first.seq, one.progress), (1, None));
+    let one = fx.store.execute_one(grant("op-2", &name)).await.unwrap();
+    assert!(matches!(&one.reply, Ok(Reply::Granted(r)) if r.seq == 2));
+    let full = inline.execute_now(grant("op-3", &name)).unwrap();
+    assert!(
+        matches!(full.reply, Err(LeaseError::AtCapacity { .. })),
+        "a grant at capacity answered {:?}",
+        full.reply
+    );
+
+    let key = |token| LeaseKey {
+        space: name.clone(),
+        seq: 1,
+        token,
+    };
+    let wrong = seqlease_core::Token([7; 16]);
+    let refused = inline
+        .execute_now(Command::Commit {
+            key: key(wrong),
+            body: body(1),
+        })
+        .unwrap();
+    assert!(
+        matches!(refused.reply, Err(LeaseError::WrongToken { seq: 1, .. })),
+        "a wrong token answered {:?}",
+        refused.reply
+    );
+    let one = inline
+        .execute_now(Command::Commit {
+            key: key(first.token),
+            body: body(1),
+        })
+        .unwrap();
+    assert!(
+        matches!(&one.reply, Ok(Reply::Committed(c)) if c.seq == 1 && c.status == CommitStatus::Committed),
+        "commit answered {:?}",
+        one.reply
+    );
+    let progress = one.progress.expect("a commit reports its space's progress");
+    assert_eq!(
+        (progress.space, progress.watermark, progress.freed),
+        (name.clone(), 1, 1)
+    );
+    let entry = &fx.store.read(&name, 1, 1).await.unwrap()[0];
+    assert_eq!(entry.seq, 1, "the inline commit is in the log");
+
+    let unknown = seqlease::SpaceName::new("never-made").unwrap();
+    let one = inline.execute_now(grant("op-4", &unknown)).unwrap();
+    assert!(
+        matches!(one.reply, Err(LeaseError::UnknownSpace { .. })),
+        "unknown space answered {:?}",
+        one.reply
+    );
+}

@@ -120,6 +120,16 @@ pub trait Store: Send + Sync + 'static {
         config: &SpaceConfig,
     ) -> Result<SpaceInfo, StoreError>;
 
+    /// The store's synchronous single-command path, if it has one. A store whose commands
+    /// cost no I/O and never wait (in-memory) returns itself here, and the engine applies
+    /// each command on the caller's thread instead of awaiting [`Store::execute_one`]'s
+    /// boxed future. The default, `None`, is right for every store that does I/O, and for
+    /// wrappers (fault injection, delays) that must see every command through
+    /// `execute_one`.
+    fn inline(&self) -> Option<&dyn InlineStore> {
+        None
+    }
+
     /// A space's counters, `None` if it does not exist.
     async fn space_info(&self, space: &SpaceName) -> Result<Option<SpaceInfo>, StoreError>;
 
@@ -450,4 +460,10 @@ pub trait Store: Send + Sync + 'static {
     /// The audited retention actions of `space` (prunes, resets, removals), oldest first.
     async fn retention_history(&self, space: &SpaceName)
     -> Result<Vec<RetentionEvent>, StoreError>;
+}
+
+/// A store's synchronous single-command path (see [`Store::inline`]).
+pub trait InlineStore: Send + Sync {
+    /// Apply one command now: what [`Store::execute_one`] answers, without a future.
+    fn execute_now(&self, command: Command) -> Result<OneOutcome, StoreError>;
 }

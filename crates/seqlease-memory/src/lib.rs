@@ -26,10 +26,10 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use seqlease_core::{
     BatchOutcome, BatchingHint, ClaimRequest, Clock, Command, Entry, ExpiredSlot, HistoryQuery,
-    LateCommit, LeaseError, OneOutcome, ParkedAction, ParkedCommand, ParkedQuery, ParkedWork,
-    Reply, Resolve, ResourceCommand, ResourceEvent, ResourceLease, ResourceQuery, SlotEvent,
-    SlotEventKind, SlotView, SpaceConfig, SpaceInfo, SpaceName, Store, StoreError, SystemClock,
-    Timestamp,
+    InlineStore, LateCommit, LeaseError, OneOutcome, ParkedAction, ParkedCommand, ParkedQuery,
+    ParkedWork, Reply, Resolve, ResourceCommand, ResourceEvent, ResourceLease, ResourceQuery,
+    SlotEvent, SlotEventKind, SlotView, SpaceConfig, SpaceInfo, SpaceName, Store, StoreError,
+    SystemClock, Timestamp,
 };
 use seqlease_core::{ConsumerError, ConsumerState, RetentionEvent, SnapshotMap, validate_consumer};
 
@@ -112,6 +112,25 @@ impl Default for MemoryStore {
     }
 }
 
+/// Every command is a few map operations under the space's lock: the engine applies them on
+/// the caller's thread.
+impl InlineStore for MemoryStore {
+    fn execute_now(&self, command: Command) -> Result<OneOutcome, StoreError> {
+        let now = self.clock.now();
+        // Empty vectors do not allocate: only a command that resolves a slot pushes its
+        // space's progress.
+        let mut outcome = BatchOutcome::default();
+        let reply = match self.spaces.load().get(command.space()) {
+            Some(space) => self.apply(space, command, now, &mut outcome),
+            None => Err(unknown_space(command.space())),
+        };
+        Ok(OneOutcome {
+            reply,
+            progress: outcome.progress.pop(),
+        })
+    }
+}
+
 #[async_trait]
 impl Store for MemoryStore {
     fn backend(&self) -> &'static str {
@@ -184,18 +203,11 @@ impl Store for MemoryStore {
     }
 
     async fn execute_one(&self, command: Command) -> Result<OneOutcome, StoreError> {
-        let now = self.clock.now();
-        // Empty vectors do not allocate: only a command that resolves a slot pushes its
-        // space's progress.
-        let mut outcome = BatchOutcome::default();
-        let reply = match self.spaces.load().get(command.space()) {
-            Some(space) => self.apply(space, command, now, &mut outcome),
-            None => Err(unknown_space(command.space())),
-        };
-        Ok(OneOutcome {
-            reply,
-            progress: outcome.progress.pop(),
-        })
+        self.execute_now(command)
+    }
+
+    fn inline(&self) -> Option<&dyn InlineStore> {
+        Some(self)
     }
 
     async fn read(
