@@ -537,3 +537,49 @@ mod send_tests {
         assert_send(&open_url);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The write connection's `PRAGMA synchronous`: 1 for NORMAL, 2 for FULL.
+    async fn synchronous_of(store: &SqliteStore) -> i64 {
+        store
+            .inner
+            .writer
+            .run(|conn| Ok(conn.pragma_query_value(None, "synchronous", |r| r.get(0))?))
+            .await
+            .unwrap()
+    }
+
+    /// `synchronous` is a property of a connection, not of the file: only the write
+    /// connection itself can say whether a URL's `?synchronous=` reached it.
+    #[tokio::test]
+    async fn the_write_connection_runs_with_the_synchronous_level_the_url_names() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let file = dir.path().join("sync.db");
+        for (parameters, level) in [
+            ("", 1),
+            ("?synchronous=full", 2),
+            ("?synchronous=normal", 1),
+        ] {
+            let url = format!("sqlite://{}{parameters}", file.display());
+            let store = SqliteStore::open_url(&url, SqliteOptions::default())
+                .await
+                .unwrap();
+            assert_eq!(synchronous_of(&store).await, level, "{url}");
+            store.close().await;
+        }
+        let full = SqliteOptions {
+            synchronous_full: true,
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open(&file, full).await.unwrap();
+        assert_eq!(
+            synchronous_of(&store).await,
+            2,
+            "SqliteOptions::synchronous_full"
+        );
+        store.close().await;
+    }
+}
