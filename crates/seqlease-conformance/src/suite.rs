@@ -1230,26 +1230,27 @@ pub async fn local_deadline_is_never_after_store_expiry(h: &dyn Harness) {
     );
 }
 
+/// A raw grant command of `id` in `space`, for the checks that call the store directly.
+fn grant(id: &str, space: &seqlease::SpaceName) -> Command {
+    Command::Grant(seqlease_core::GrantRequest {
+        space: space.clone(),
+        operation_id: id.into(),
+        projection_type: "t".into(),
+        owner: "conformance".into(),
+        ttl: TTL,
+        fence: None,
+    })
+}
+
 /// `Store::execute_one` answers a command as a batch of one would, including the space's
 /// progress when it resolves a slot (the engine uses it whenever group commit is off).
 pub async fn execute_one_answers_as_a_batch_of_one(h: &dyn Harness) {
-    use seqlease_core::GrantRequest;
     let fx = h.fresh().await;
     let name = seqlease::SpaceName::new("one").unwrap();
     fx.store
         .ensure_space(&name, &SpaceConfig { capacity: 4 })
         .await
         .unwrap();
-    let grant = |id: &str, space: &seqlease::SpaceName| {
-        Command::Grant(GrantRequest {
-            space: space.clone(),
-            operation_id: id.into(),
-            projection_type: "t".into(),
-            owner: "conformance".into(),
-            ttl: TTL,
-            fence: None,
-        })
-    };
     let one = fx.store.execute_one(grant("op-1", &name)).await.unwrap();
     let Ok(Reply::Granted(first)) = one.reply else {
         panic!("grant answered {:?}", one.reply);
@@ -1297,7 +1298,6 @@ pub async fn execute_one_answers_as_a_batch_of_one(h: &dyn Harness) {
 /// their progress, and unknown spaces. Stores without one (every store that does I/O) pass
 /// by answering `None`.
 pub async fn inline_execution_answers_as_execute_one(h: &dyn Harness) {
-    use seqlease_core::GrantRequest;
     let fx = h.fresh().await;
     let Some(inline) = fx.store.inline() else {
         return;
@@ -1307,16 +1307,6 @@ pub async fn inline_execution_answers_as_execute_one(h: &dyn Harness) {
         .ensure_space(&name, &SpaceConfig { capacity: 2 })
         .await
         .unwrap();
-    let grant = |id: &str, space: &seqlease::SpaceName| {
-        Command::Grant(GrantRequest {
-            space: space.clone(),
-            operation_id: id.into(),
-            projection_type: "t".into(),
-            owner: "conformance".into(),
-            ttl: TTL,
-            fence: None,
-        })
-    };
     let one = inline.execute_now(grant("op-1", &name)).unwrap();
     let Ok(Reply::Granted(first)) = one.reply else {
         panic!("grant answered {:?}", one.reply);
