@@ -1230,6 +1230,20 @@ pub async fn local_deadline_is_never_after_store_expiry(h: &dyn Harness) {
     );
 }
 
+/// `one` committed slot 1 of `name` and reported the space's progress: watermark 1, 1 freed.
+fn assert_first_slot_committed(one: seqlease_core::OneOutcome, name: &seqlease::SpaceName) {
+    assert!(
+        matches!(&one.reply, Ok(Reply::Committed(c)) if c.seq == 1 && c.status == CommitStatus::Committed),
+        "commit answered {:?}",
+        one.reply
+    );
+    let progress = one.progress.expect("a commit reports its space's progress");
+    assert_eq!(
+        (&progress.space, progress.watermark, progress.freed),
+        (name, 1, 1)
+    );
+}
+
 /// A raw grant command of `id` in `space`, for the checks that call the store directly.
 fn grant(id: &str, space: &seqlease::SpaceName) -> Command {
     Command::Grant(seqlease_core::GrantRequest {
@@ -1273,16 +1287,7 @@ pub async fn execute_one_answers_as_a_batch_of_one(h: &dyn Harness) {
         .execute_one(Command::Commit { key, body: body(1) })
         .await
         .unwrap();
-    assert!(
-        matches!(&one.reply, Ok(Reply::Committed(c)) if c.seq == 1 && c.status == CommitStatus::Committed),
-        "commit answered {:?}",
-        one.reply
-    );
-    let progress = one.progress.expect("a commit reports its space's progress");
-    assert_eq!(
-        (progress.space, progress.watermark, progress.freed),
-        (name.clone(), 1, 1)
-    );
+    assert_first_slot_committed(one, &name);
 
     let unknown = seqlease::SpaceName::new("never-made").unwrap();
     let one = fx.store.execute_one(grant("op-3", &unknown)).await.unwrap();
@@ -1344,16 +1349,7 @@ pub async fn inline_execution_answers_as_execute_one(h: &dyn Harness) {
             body: body(1),
         })
         .unwrap();
-    assert!(
-        matches!(&one.reply, Ok(Reply::Committed(c)) if c.seq == 1 && c.status == CommitStatus::Committed),
-        "commit answered {:?}",
-        one.reply
-    );
-    let progress = one.progress.expect("a commit reports its space's progress");
-    assert_eq!(
-        (progress.space, progress.watermark, progress.freed),
-        (name.clone(), 1, 1)
-    );
+    assert_first_slot_committed(one, &name);
     let entry = &fx.store.read(&name, 1, 1).await.unwrap()[0];
     assert_eq!(entry.seq, 1, "the inline commit is in the log");
 
