@@ -7,14 +7,14 @@
 use std::sync::Arc;
 
 use seqlease_core::{
-    Clock, Command, InvalidInput, LeaseError, Reply, SpaceConfig, SpaceInfo, SpaceName, Store,
-    StoreError, SystemClock, Timestamp, validate_id,
+    Clock, Command, GrantRequest, InvalidInput, LeaseError, Reply, SpaceConfig, SpaceInfo,
+    SpaceName, Store, StoreError, SystemClock, Timestamp, validate_id,
 };
 
 use crate::barrier::Spaces;
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
-use crate::group_commit::Dispatcher;
+use crate::group_commit::{Dispatcher, GrantedNow, Now};
 use crate::open::open_store;
 use crate::space::Space;
 use crate::telemetry::{AlertThresholds, EngineTelemetry, Telemetry};
@@ -141,11 +141,41 @@ impl Engine {
 
     /// Send one command through group commit.
     pub(crate) async fn dispatch(&self, command: Command) -> Result<Reply> {
+        match self.dispatch_now(command) {
+            Now::Answered(reply) => reply,
+            Now::Later(command) => self.dispatch_later(command).await,
+        }
+    }
+
+    /// [`Engine::dispatch`] for a command [`Engine::dispatch_now`] handed back.
+    pub(crate) async fn dispatch_later(&self, command: Command) -> Result<Reply> {
         self.inner
             .dispatcher
             .one(command)
             .await
             .inspect_err(|e| self.inner.telemetry.command_failed(e))
+    }
+
+    /// Apply one command on the caller's thread if the store can (see
+    /// [`Dispatcher::one_now`]); callers on the hot path try this before building the
+    /// future of [`Engine::dispatch`].
+    pub(crate) fn dispatch_now(&self, command: Command) -> Now {
+        match self.inner.dispatcher.one_now(command) {
+            Now::Answered(reply) => {
+                Now::Answered(reply.inspect_err(|e| self.inner.telemetry.command_failed(e)))
+            }
+            later => later,
+        }
+    }
+
+    /// [`Engine::dispatch_now`] for a grant; see [`Dispatcher::grant_now`].
+    pub(crate) fn grant_now(&self, request: GrantRequest) -> GrantedNow {
+        match self.inner.dispatcher.grant_now(request) {
+            GrantedNow::Answered(reply) => {
+                GrantedNow::Answered(reply.inspect_err(|e| self.inner.telemetry.command_failed(e)))
+            }
+            other => other,
+        }
     }
 
     /// Send commands as one batch of their own.

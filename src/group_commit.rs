@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::future::BoxFuture;
-use seqlease_core::{BatchOutcome, Command, LeaseError, Reply, Store, StoreError};
+use seqlease_core::{
+    BatchOutcome, Command, GrantNow, GrantRequest, InlineStore, LeaseError, OneOutcome, Reply,
+    Store, StoreError,
+};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::barrier::Spaces;
@@ -62,6 +65,24 @@ pub(crate) type Spawn = fn(BoxFuture<'static, ()>);
 
 fn tokio_spawn(task: BoxFuture<'static, ()>) {
     tokio::spawn(task);
+}
+
+/// What [`Dispatcher::grant_now`] did with a grant.
+pub(crate) enum GrantedNow {
+    /// The store answered on the caller's thread.
+    Answered(Result<Reply>),
+    /// The store had no capacity: the request is back, with the refusal.
+    AtCapacity(GrantRequest, LeaseError),
+    /// It must go through [`Dispatcher::one`], as [`Now::Later`].
+    Later(GrantRequest),
+}
+
+/// What [`Dispatcher::one_now`] did with a command.
+pub(crate) enum Now {
+    /// The store applied it on the caller's thread.
+    Answered(Result<Reply>),
+    /// It must go through [`Dispatcher::one`]: the store does I/O, or group commit is on.
+    Later(Command),
 }
 
 /// Routes commands to the store, batching them when the store benefits.
@@ -144,7 +165,8 @@ impl Dispatcher {
         }
     }
 
-    /// Apply one command, coalesced with concurrent ones when group commit is on.
+    /// Apply one command, coalesced with concurrent ones when group commit is on. A store
+    /// with a synchronous path is better served by [`Dispatcher::one_now`] first.
     pub(crate) async fn one(&self, command: Command) -> Result<Reply> {
         match &self.queue {
             Some(queue) => {
@@ -155,14 +177,51 @@ impl Dispatcher {
                 rx.await.map_err(|_| Error::Closed)?
             }
             None => {
-                let outcome = match self.store.inline() {
-                    Some(store) => store.execute_now(command)?,
-                    None => self.store.execute_one(command).await?,
-                };
-                self.spaces.apply_progress(outcome.progress.as_slice());
-                Ok(outcome.reply?)
+                let outcome = self.store.execute_one(command).await;
+                self.answer(outcome)
             }
         }
+    }
+
+    /// Apply one command on the caller's thread, without a future, when the store can
+    /// (it offers [`Store::inline`]) and group commit is off; otherwise hand it back for
+    /// [`Dispatcher::one`]. The hot path of the in-memory store: every layer of future
+    /// between the caller and the store is a move of the command and of its reply.
+    pub(crate) fn one_now(&self, command: Command) -> Now {
+        match self.inline() {
+            Some(store) => Now::Answered(self.answer(store.execute_now(command))),
+            None => Now::Later(command),
+        }
+    }
+
+    /// [`Dispatcher::one_now`] for a grant, except that a grant refused for capacity comes
+    /// back with the refusal (see [`InlineStore::grant_now`]).
+    pub(crate) fn grant_now(&self, request: GrantRequest) -> GrantedNow {
+        let Some(store) = self.inline() else {
+            return GrantedNow::Later(request);
+        };
+        match store.grant_now(request) {
+            Ok(GrantNow::AtCapacity { request, refusal }) => {
+                GrantedNow::AtCapacity(request, refusal)
+            }
+            Ok(GrantNow::Answered(outcome)) => GrantedNow::Answered(self.answer(Ok(outcome))),
+            Err(e) => GrantedNow::Answered(Err(e.into())),
+        }
+    }
+
+    /// The store's synchronous path, when commands go to it one at a time.
+    fn inline(&self) -> Option<&dyn InlineStore> {
+        match self.queue {
+            Some(_) => None,
+            None => self.store.inline(),
+        }
+    }
+
+    /// A single command's reply, once the barrier has seen the progress it made.
+    fn answer(&self, outcome: std::result::Result<OneOutcome, StoreError>) -> Result<Reply> {
+        let outcome = outcome?;
+        self.spaces.apply_progress(outcome.progress.as_slice());
+        Ok(outcome.reply?)
     }
 
     /// Apply `commands` together, in one store transaction. With group commit on they join

@@ -26,6 +26,7 @@ use tracing::Instrument;
 use crate::config::EngineConfig;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::group_commit::Now;
 use crate::space::unreachable_reply;
 use crate::telemetry::LeaseTelemetry;
 
@@ -212,7 +213,11 @@ impl Lease {
             key: self.key(),
             body,
         };
-        match self.send(command).instrument(span).await? {
+        let reply = match span.in_scope(|| self.engine.dispatch_now(command)) {
+            Now::Answered(reply) => reply,
+            Now::Later(command) => self.engine.dispatch_later(command).instrument(span).await,
+        };
+        match self.note_refusal(reply)? {
             Reply::Committed(outcome) => {
                 self.finished = true;
                 let telemetry = &self.engine.inner.telemetry;
@@ -265,6 +270,11 @@ impl Lease {
         // Even after commit the store is asked: it answers a commit retry with
         // AlreadyCommitted and anything else with a typed refusal.
         let result = self.engine.dispatch(command).await;
+        self.note_refusal(result)
+    }
+
+    /// Pass `result` on, noting when the store says the slot is no longer ours.
+    fn note_refusal(&mut self, result: Result<Reply>) -> Result<Reply> {
         if let Err(Error::Lease(e)) = &result {
             use seqlease_core::LeaseError::*;
             // The store says the slot is no longer ours: nothing left to release on drop.

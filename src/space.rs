@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::barrier::SpaceSignals;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::group_commit::GrantedNow;
 use crate::lease::Lease;
 use crate::reader::LogReader;
 use crate::telemetry::{EngineTelemetry, SpaceTelemetry};
@@ -124,23 +125,26 @@ impl Space {
         let wait = grant.wait;
         let request = self.request(grant)?;
         let Some(timeout) = wait else {
-            return self.grant_once(request).await;
+            return match self.attempt(request, false).await {
+                Attempt::Done(lease) => lease,
+                Attempt::AtCapacity(_, refusal) => Err(refusal.into()),
+            };
         };
         let deadline = Instant::now() + timeout;
         // Try once before arming the wake-up: most grants find capacity, and arming costs
         // every grant the wake-up's shared counter.
-        match self.grant_once(request.clone()).await {
-            Err(Error::Lease(LeaseError::AtCapacity { .. })) => {}
-            other => return other,
-        }
+        let mut request = match self.attempt(request, true).await {
+            Attempt::Done(lease) => return lease,
+            Attempt::AtCapacity(request, _) => request,
+        };
         loop {
             // Arm, then try: a slot freed after the arming wakes us, one freed before it is
             // seen by this try.
             let freed = self.signals.freed.armed();
-            match self.grant_once(request.clone()).await {
-                Err(Error::Lease(LeaseError::AtCapacity { .. })) => {}
-                other => return other,
-            }
+            request = match self.attempt(request, true).await {
+                Attempt::Done(lease) => return lease,
+                Attempt::AtCapacity(request, _) => request,
+            };
             let poll = Instant::now() + self.engine.config().external_poll_interval;
             tokio::select! {
                 _ = freed => {}
@@ -156,22 +160,48 @@ impl Space {
         }
     }
 
-    async fn grant_once(&self, request: GrantRequest) -> Result<Lease> {
+    /// One try at a grant. A refusal for capacity gives the request back for the next try
+    /// when the store hands it back (its synchronous path) or when `retry` asks to keep a
+    /// copy; otherwise it is answered as an error.
+    async fn attempt(&self, request: GrantRequest, retry: bool) -> Attempt {
         let started = Instant::now();
         let ttl = request.ttl;
         let span = tracing::info_span!(target: "seqlease", "seqlease.grant", space = %self.name, seq = tracing::field::Empty);
-        let reply = self
-            .engine
-            .dispatch(Command::Grant(request))
-            .instrument(span.clone())
-            .await?;
-        match reply {
+        let reply = match span.in_scope(|| self.engine.grant_now(request)) {
+            GrantedNow::Answered(reply) => reply,
+            GrantedNow::AtCapacity(request, refusal) => {
+                return Attempt::AtCapacity(request, refusal);
+            }
+            GrantedNow::Later(request) if retry => {
+                // The store takes the request into a future: keep a copy for the next try.
+                let sent = Command::Grant(request.clone());
+                match self
+                    .engine
+                    .dispatch_later(sent)
+                    .instrument(span.clone())
+                    .await
+                {
+                    Err(Error::Lease(refusal @ LeaseError::AtCapacity { .. })) => {
+                        return Attempt::AtCapacity(request, refusal);
+                    }
+                    reply => reply,
+                }
+            }
+            GrantedNow::Later(request) => {
+                let sent = Command::Grant(request);
+                self.engine
+                    .dispatch_later(sent)
+                    .instrument(span.clone())
+                    .await
+            }
+        };
+        Attempt::Done(reply.and_then(|reply| match reply {
             Reply::Granted(record) => {
                 span.record("seq", record.seq);
                 Ok(self.lease(record, started, ttl))
             }
             other => unreachable_reply("grant", other),
-        }
+        }))
     }
 
     /// Lease several slots in one store transaction. Each grant succeeds or fails on its
@@ -330,6 +360,14 @@ impl Space {
     pub fn reader(&self, from: u64) -> LogReader {
         LogReader::new(self.clone(), from)
     }
+}
+
+/// What [`Space::attempt`] came to.
+enum Attempt {
+    /// Granted, or refused for good.
+    Done(Result<Lease>),
+    /// Refused for capacity: the request, to try again, and the refusal.
+    AtCapacity(GrantRequest, LeaseError),
 }
 
 pub(crate) fn unreachable_reply<T>(command: &'static str, reply: Reply) -> Result<T> {

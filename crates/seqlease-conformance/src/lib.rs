@@ -52,6 +52,7 @@ macro_rules! conformance_suite {
             local_deadline_is_never_after_store_expiry,
             execute_one_answers_as_a_batch_of_one,
             inline_execution_answers_as_execute_one,
+            inline_grant_hands_back_a_request_refused_for_capacity,
         );
         #[test]
         fn model_random_sequences_match_reference() {

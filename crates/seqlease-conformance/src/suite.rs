@@ -1246,14 +1246,18 @@ fn assert_first_slot_committed(one: seqlease_core::OneOutcome, name: &seqlease::
 
 /// A raw grant command of `id` in `space`, for the checks that call the store directly.
 fn grant(id: &str, space: &seqlease::SpaceName) -> Command {
-    Command::Grant(seqlease_core::GrantRequest {
+    Command::Grant(grant_request(id, space))
+}
+
+fn grant_request(id: &str, space: &seqlease::SpaceName) -> seqlease_core::GrantRequest {
+    seqlease_core::GrantRequest {
         space: space.clone(),
         operation_id: id.into(),
         projection_type: "t".into(),
         owner: "conformance".into(),
         ttl: TTL,
         fence: None,
-    })
+    }
 }
 
 /// `Store::execute_one` answers a command as a batch of one would, including the space's
@@ -1360,4 +1364,71 @@ pub async fn inline_execution_answers_as_execute_one(h: &dyn Harness) {
         "unknown space answered {:?}",
         one.reply
     );
+}
+
+/// A store's synchronous grant ([`seqlease_core::InlineStore::grant_now`]) answers as
+/// `execute_now` does, except that a grant refused for capacity comes back unchanged with
+/// the refusal and changes nothing; sent again once a slot is free, it is granted. Stores
+/// without a synchronous path pass by answering `None`.
+pub async fn inline_grant_hands_back_a_request_refused_for_capacity(h: &dyn Harness) {
+    use seqlease_core::GrantNow;
+    let fx = h.fresh().await;
+    let Some(inline) = fx.store.inline() else {
+        return;
+    };
+    let name = seqlease::SpaceName::new("inline-grant").unwrap();
+    fx.store
+        .ensure_space(&name, &SpaceConfig { capacity: 1 })
+        .await
+        .unwrap();
+    let granted = |now: GrantNow| match now {
+        GrantNow::Answered(one) => match one.reply {
+            Ok(Reply::Granted(record)) if one.progress.is_none() => record,
+            other => panic!("a grant with capacity answered {other:?}"),
+        },
+        other => panic!("a grant with capacity answered {other:?}"),
+    };
+    let first = granted(inline.grant_now(grant_request("op-1", &name)).unwrap());
+    assert_eq!((first.seq, first.operation_id.as_str()), (1, "op-1"));
+
+    let sent = grant_request("op-2", &name);
+    let request = match inline.grant_now(sent.clone()).unwrap() {
+        GrantNow::AtCapacity { request, refusal } => {
+            assert!(
+                matches!(refusal, LeaseError::AtCapacity { capacity: 1, ref space } if space == &name),
+                "the refusal is {refusal:?}"
+            );
+            request
+        }
+        other => panic!("a grant at capacity answered {other:?}"),
+    };
+    assert_eq!(request, sent, "the request comes back as it was sent");
+    let info = fx.store.space_info(&name).await.unwrap().unwrap();
+    assert_eq!(
+        (info.last_seq, info.in_flight),
+        (1, 1),
+        "the refusal changed nothing"
+    );
+
+    let key = LeaseKey {
+        space: name.clone(),
+        seq: 1,
+        token: first.token,
+    };
+    let one = inline
+        .execute_now(Command::Commit { key, body: body(1) })
+        .unwrap();
+    assert_first_slot_committed(one, &name);
+    let second = granted(inline.grant_now(request).unwrap());
+    assert_eq!((second.seq, second.operation_id.as_str()), (2, "op-2"));
+
+    let unknown = seqlease::SpaceName::new("never-made").unwrap();
+    match inline.grant_now(grant_request("op-3", &unknown)).unwrap() {
+        GrantNow::Answered(one) => assert!(
+            matches!(one.reply, Err(LeaseError::UnknownSpace { .. })),
+            "unknown space answered {:?}",
+            one.reply
+        ),
+        other => panic!("a grant in an unknown space answered {other:?}"),
+    }
 }

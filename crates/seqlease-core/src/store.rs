@@ -58,20 +58,19 @@ use async_trait::async_trait;
 
 use crate::command::{BatchOutcome, Command, OneOutcome, SpaceProgress};
 use crate::consumer::{ConsumerError, ConsumerState, RetentionEvent};
-use crate::error::StoreError;
+use crate::error::{LeaseError, StoreError};
 use crate::history::{HistoryQuery, SlotEvent};
 use crate::late::LateCommit;
 use crate::name::SpaceName;
 use crate::recovery::{ClaimRequest, ExpiredSlot, ParkedCommand, ParkedQuery, ParkedWork, Resolve};
 use crate::resource::{ResourceCommand, ResourceEvent, ResourceLease, ResourceQuery};
 use crate::time::Timestamp;
-use crate::types::{Entry, LeaseRecord, OperationBody, SlotState, SpaceConfig, SpaceInfo};
+use crate::types::{
+    Entry, GrantRequest, LeaseRecord, OperationBody, SlotState, SpaceConfig, SpaceInfo,
+};
 
 #[cfg(doc)]
-use crate::{
-    command::{CommitStatus, ReleaseOutcome, Reply},
-    error::LeaseError,
-};
+use crate::command::{CommitStatus, ReleaseOutcome, Reply};
 
 /// How the engine should feed a store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -466,4 +465,25 @@ pub trait Store: Send + Sync + 'static {
 pub trait InlineStore: Send + Sync {
     /// Apply one command now: what [`Store::execute_one`] answers, without a future.
     fn execute_now(&self, command: Command) -> Result<OneOutcome, StoreError>;
+
+    /// Grant now, as `execute_now(Command::Grant(request))` does, except that a grant the
+    /// space has no capacity for is handed back unchanged with the refusal. A caller that
+    /// waits for capacity tries the same request again, so it need not copy the request
+    /// (three strings) before every attempt.
+    fn grant_now(&self, request: GrantRequest) -> Result<GrantNow, StoreError>;
+}
+
+/// What [`InlineStore::grant_now`] did.
+#[derive(Debug)]
+pub enum GrantNow {
+    /// Answered as [`InlineStore::execute_now`] would: granted, or refused for any reason
+    /// other than capacity.
+    Answered(OneOutcome),
+    /// The space is at capacity ([`LeaseError::AtCapacity`], in `refusal`); nothing changed.
+    AtCapacity {
+        /// The request, as it was sent.
+        request: GrantRequest,
+        /// The refusal, as `execute_now` would have answered it.
+        refusal: LeaseError,
+    },
 }

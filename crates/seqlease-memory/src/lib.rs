@@ -25,15 +25,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use seqlease_core::{
-    BatchOutcome, BatchingHint, ClaimRequest, Clock, Command, Entry, ExpiredSlot, HistoryQuery,
-    InlineStore, LateCommit, LeaseError, OneOutcome, ParkedAction, ParkedCommand, ParkedQuery,
-    ParkedWork, Reply, Resolve, ResourceCommand, ResourceEvent, ResourceLease, ResourceQuery,
-    SlotEvent, SlotEventKind, SlotView, SpaceConfig, SpaceInfo, SpaceName, Store, StoreError,
-    SystemClock, Timestamp,
+    BatchOutcome, BatchingHint, ClaimRequest, Clock, Command, Entry, ExpiredSlot, GrantNow,
+    GrantRequest, HistoryQuery, InlineStore, LateCommit, LeaseError, OneOutcome, ParkedAction,
+    ParkedCommand, ParkedQuery, ParkedWork, Reply, Resolve, ResourceCommand, ResourceEvent,
+    ResourceLease, ResourceQuery, SlotEvent, SlotEventKind, SlotView, SpaceConfig, SpaceInfo,
+    SpaceName, Store, StoreError, SystemClock, Timestamp,
 };
 use seqlease_core::{ConsumerError, ConsumerState, RetentionEvent, SnapshotMap, validate_consumer};
 
-use space::SpaceState;
+use space::{Granting, PreparedGrant, SpaceState};
 
 /// A store that keeps everything in process memory.
 #[derive(Debug)]
@@ -127,6 +127,33 @@ impl InlineStore for MemoryStore {
         Ok(OneOutcome {
             reply,
             progress: outcome.progress.pop(),
+        })
+    }
+
+    fn grant_now(&self, request: GrantRequest) -> Result<GrantNow, StoreError> {
+        let now = self.clock.now();
+        let spaces = self.spaces.load();
+        let Some(space) = spaces.get(&request.space) else {
+            let reply = Err(unknown_space(&request.space));
+            return Ok(GrantNow::Answered(OneOutcome {
+                reply,
+                progress: None,
+            }));
+        };
+        let grant = PreparedGrant::new(request, now);
+        self.spare.prepare();
+        let epoch_of = |r: &str| self.resources.lock().epoch(r);
+        let granting = space.lock().grant(grant, &epoch_of, &self.spare);
+        Ok(match granting {
+            // A grant resolves nothing: no progress to report.
+            Granting::Answered(reply) => GrantNow::Answered(OneOutcome {
+                reply,
+                progress: None,
+            }),
+            Granting::AtCapacity(grant, refusal) => GrantNow::AtCapacity {
+                request: grant.into_request(),
+                refusal,
+            },
         })
     }
 }

@@ -74,13 +74,15 @@ impl SpaceState {
         spare: &SpareChunk,
     ) -> Result<Reply, LeaseError> {
         let command = match command {
-            Prepared::Grant(grant) => return self.grant(grant, epoch_of, spare),
+            Prepared::Grant(grant) => return self.grant(grant, epoch_of, spare).into_reply(),
             Prepared::Other(command) => command,
         };
         match command {
             // `Prepared::new` never leaves a grant here; if one arrives anyway it takes the
             // same path, fence check included.
-            Command::Grant(req) => self.grant(PreparedGrant::new(req, now), epoch_of, spare),
+            Command::Grant(req) => self
+                .grant(PreparedGrant::new(req, now), epoch_of, spare)
+                .into_reply(),
             Command::Renew { key, ttl } => self.renew(&key, ttl, now),
             Command::RecordPartial { key, data } => {
                 self.live_slot(&key, now)?.work_mut().partial = Some(data);
@@ -95,24 +97,29 @@ impl SpaceState {
         }
     }
 
-    fn grant(
+    /// Grant the next slot; at capacity the grant comes back with the refusal.
+    pub(crate) fn grant(
         &mut self,
         grant: PreparedGrant,
         epoch_of: &dyn Fn(&str) -> u64,
         spare: &SpareChunk,
-    ) -> Result<Reply, LeaseError> {
-        if let Some(fence) = &grant.reply.fence {
-            check_fence(fence, epoch_of)?;
+    ) -> Granting {
+        if let Some(fence) = &grant.reply.fence
+            && let Err(stale) = check_fence(fence, epoch_of)
+        {
+            return Granting::Answered(Err(stale));
         }
         if self.leased.len() as u32 >= self.capacity {
-            return Err(LeaseError::AtCapacity {
+            let refusal = LeaseError::AtCapacity {
                 space: self.name.clone(),
                 capacity: self.capacity,
-            });
+            };
+            return Granting::AtCapacity(grant, refusal);
         }
         let PreparedGrant {
             mut reply,
             operation_id,
+            ..
         } = grant;
         let seq = self.slots.len() + 1;
         reply.seq = seq;
@@ -124,7 +131,7 @@ impl SpaceState {
         }
         self.slots.push(Slot::leased(lease));
         self.leased.insert(seq);
-        Ok(Reply::Granted(reply))
+        Granting::Answered(Ok(Reply::Granted(reply)))
     }
 
     fn renew(
@@ -326,15 +333,53 @@ impl Prepared {
     }
 }
 
+/// What [`SpaceState::grant`] did.
+pub(crate) enum Granting {
+    Answered(Result<Reply, LeaseError>),
+    /// No capacity: the grant, untouched, and the refusal.
+    AtCapacity(PreparedGrant, LeaseError),
+}
+
+impl Granting {
+    fn into_reply(self) -> Result<Reply, LeaseError> {
+        match self {
+            Granting::Answered(reply) => reply,
+            Granting::AtCapacity(_, refusal) => Err(refusal),
+        }
+    }
+}
+
 /// A grant's lease record (the reply) and the slot's own copy of its operation id. The seq
 /// is set under the lock.
 pub(crate) struct PreparedGrant {
     reply: LeaseRecord,
     operation_id: Box<str>,
+    /// As requested, to give the request back unchanged when there is no capacity.
+    ttl: Duration,
 }
 
 impl PreparedGrant {
-    fn new(req: GrantRequest, now: Timestamp) -> Self {
+    /// The request this grant was prepared from.
+    pub(crate) fn into_request(self) -> GrantRequest {
+        let LeaseRecord {
+            space,
+            operation_id,
+            projection_type,
+            owner,
+            fence,
+            ..
+        } = self.reply;
+        GrantRequest {
+            space,
+            operation_id,
+            projection_type,
+            owner,
+            ttl: self.ttl,
+            fence,
+        }
+    }
+
+    pub(crate) fn new(req: GrantRequest, now: Timestamp) -> Self {
         let reply = LeaseRecord {
             space: req.space,
             seq: 0,
@@ -350,6 +395,7 @@ impl PreparedGrant {
         PreparedGrant {
             operation_id: reply.operation_id.as_str().into(),
             reply,
+            ttl: req.ttl,
         }
     }
 }
