@@ -33,7 +33,7 @@ use seqlease_core::{
 };
 use seqlease_core::{ConsumerError, ConsumerState, RetentionEvent, SnapshotMap, validate_consumer};
 
-use space::{Granting, PreparedGrant, SpaceState};
+use space::{Granting, PreparedGrant, Progress, SpaceState};
 
 /// A store that keeps everything in process memory.
 #[derive(Debug)]
@@ -89,7 +89,7 @@ impl MemoryStore {
         space: &Mutex<SpaceState>,
         command: Command,
         now: Timestamp,
-        outcome: &mut BatchOutcome,
+        outcome: &mut impl Progress,
     ) -> Result<Reply, LeaseError> {
         let command = space::Prepared::new(command, now);
         self.spare.prepare();
@@ -117,17 +117,13 @@ impl Default for MemoryStore {
 impl InlineStore for MemoryStore {
     fn execute_now(&self, command: Command) -> Result<OneOutcome, StoreError> {
         let now = self.clock.now();
-        // Empty vectors do not allocate: only a command that resolves a slot pushes its
-        // space's progress.
-        let mut outcome = BatchOutcome::default();
+        // Set only by a command that resolves a slot.
+        let mut progress = None;
         let reply = match self.spaces.load().get(command.space()) {
-            Some(space) => self.apply(space, command, now, &mut outcome),
+            Some(space) => self.apply(space, command, now, &mut progress),
             None => Err(unknown_space(command.space())),
         };
-        Ok(OneOutcome {
-            reply,
-            progress: outcome.progress.pop(),
-        })
+        Ok(OneOutcome { reply, progress })
     }
 
     fn grant_now(&self, request: GrantRequest) -> Result<GrantNow, StoreError> {

@@ -10,7 +10,7 @@ use crate::spare::{CHUNK, SpareChunk};
 use seqlease_core::{
     BatchOutcome, Command, CommitOutcome, CommitStatus, Entry, Fence, GapReason, GrantRequest,
     LeaseError, LeaseKey, LeaseRecord, OperationBody, ReleaseOutcome, Reply, SlotEventKind,
-    SlotState, SlotView, SpaceConfig, SpaceInfo, SpaceName, Timestamp, Token,
+    SlotState, SlotView, SpaceConfig, SpaceInfo, SpaceName, SpaceProgress, Timestamp, Token,
 };
 
 /// Room for slots a space's first chunk starts with.
@@ -69,7 +69,7 @@ impl SpaceState {
         &mut self,
         command: Prepared,
         now: Timestamp,
-        outcome: &mut BatchOutcome,
+        outcome: &mut impl Progress,
         epoch_of: &dyn Fn(&str) -> u64,
         spare: &SpareChunk,
     ) -> Result<Reply, LeaseError> {
@@ -163,7 +163,7 @@ impl SpaceState {
         key: &LeaseKey,
         body: OperationBody,
         now: Timestamp,
-        outcome: &mut BatchOutcome,
+        outcome: &mut impl Progress,
         epoch_of: &dyn Fn(&str) -> u64,
     ) -> Result<Reply, LeaseError> {
         let slot = self.slot_with_token(key)?;
@@ -208,7 +208,7 @@ impl SpaceState {
         key: &LeaseKey,
         detail: Option<String>,
         now: Timestamp,
-        outcome: &mut BatchOutcome,
+        outcome: &mut impl Progress,
     ) -> Result<Reply, LeaseError> {
         let slot = self.live_slot(key, now)?;
         if slot.has_recorded_work() {
@@ -234,7 +234,7 @@ impl SpaceState {
         seq: u64,
         content: Content,
         now: Timestamp,
-        outcome: &mut BatchOutcome,
+        outcome: &mut impl Progress,
     ) {
         self.slots
             .get_mut(seq)
@@ -248,7 +248,7 @@ impl SpaceState {
         {
             self.watermark += 1;
         }
-        outcome.note_freed_at(&self.name, self.watermark);
+        outcome.freed_at(&self.name, self.watermark);
     }
 
     /// The slot if it exists and the token matches.
@@ -312,6 +312,31 @@ impl SpaceState {
             partial: slot.partial().cloned(),
             result: slot.result().cloned(),
         })
+    }
+}
+
+/// Where resolving a slot notes the space's progress: a batch's outcome, or the one
+/// command of `InlineStore::execute_now`, whose progress needs no vector.
+pub(crate) trait Progress {
+    /// A slot of `space` left LEASED; the space's watermark is now `watermark`.
+    fn freed_at(&mut self, space: &SpaceName, watermark: u64);
+}
+
+impl Progress for BatchOutcome {
+    fn freed_at(&mut self, space: &SpaceName, watermark: u64) {
+        self.note_freed_at(space, watermark);
+    }
+}
+
+impl Progress for Option<SpaceProgress> {
+    fn freed_at(&mut self, space: &SpaceName, watermark: u64) {
+        let progress = self.get_or_insert_with(|| SpaceProgress {
+            space: space.clone(),
+            watermark,
+            freed: 0,
+        });
+        progress.freed += 1;
+        progress.watermark = progress.watermark.max(watermark);
     }
 }
 
