@@ -221,7 +221,7 @@ impl Lease {
             Reply::Committed(outcome) => {
                 self.finished = true;
                 let telemetry = &self.engine.inner.telemetry;
-                telemetry.committed(&self.telemetry, &outcome, started.elapsed());
+                telemetry.committed(&self.telemetry, &outcome, started);
                 Ok(outcome)
             }
             other => unreachable_reply("commit", other),

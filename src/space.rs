@@ -105,7 +105,7 @@ impl Space {
         self.engine
             .inner
             .telemetry
-            .granted(&lease.telemetry, lease.seq(), requested_at.elapsed());
+            .granted(&lease.telemetry, lease.seq(), requested_at);
         lease
     }
 

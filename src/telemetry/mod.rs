@@ -42,6 +42,7 @@ use seqlease_core::{
     CommitOutcome, CommitStatus, InvalidInput, LeaseError, ReleaseOutcome, SnapshotMap, SpaceInfo,
     SpaceName, StoreError, Timestamp,
 };
+use tokio::time::Instant;
 
 pub use alerts::{Alert, AlertKind, AlertThresholds};
 pub use export::{OtlpExport, OtlpProtocol, Telemetry};
@@ -295,11 +296,13 @@ impl EngineTelemetry {
 
     // ---- the lease life cycle (hot path) ----
 
-    pub(crate) fn granted(&self, lease: &LeaseTelemetry, seq: u64, took: Duration) {
+    // The durations are taken only when an exporter records them: a clock read each.
+
+    pub(crate) fn granted(&self, lease: &LeaseTelemetry, seq: u64, requested_at: Instant) {
         lease.counts.granted.add(1);
         if let Some(i) = &self.instruments {
-            i.grant_duration
-                .record(took.as_secs_f64(), &lease.space.space_kv);
+            let took = requested_at.elapsed().as_secs_f64();
+            i.grant_duration.record(took, &lease.space.space_kv);
         }
         lease.space.last_seq.offer(seq);
         lease.space.in_flight.add(1);
@@ -309,11 +312,11 @@ impl EngineTelemetry {
         &self,
         lease: &LeaseTelemetry,
         outcome: &CommitOutcome,
-        took: Duration,
+        started: Instant,
     ) {
         if let Some(i) = &self.instruments {
-            i.commit_duration
-                .record(took.as_secs_f64(), &lease.space.space_kv);
+            let took = started.elapsed().as_secs_f64();
+            i.commit_duration.record(took, &lease.space.space_kv);
         }
         match outcome.status {
             CommitStatus::AlreadyCommitted => return, // counted by the first commit
