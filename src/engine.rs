@@ -85,6 +85,14 @@ impl Engine {
         Ok(self.space_handle(info))
     }
 
+    /// Open `name` if the store has it, `None` if it does not: nothing is created. For
+    /// tools that inspect or administer spaces, where a mistyped name must not create one.
+    pub async fn existing_space(&self, name: &str) -> Result<Option<Space>> {
+        let name = SpaceName::new(name)?;
+        let info = self.inner.store.space_info(&name).await?;
+        Ok(info.map(|info| self.space_handle(info)))
+    }
+
     /// Open `name` with explicit settings, creating it or updating its settings.
     pub async fn space_with(&self, name: &str, config: SpaceConfig) -> Result<Space> {
         let name = SpaceName::new(name)?;

@@ -28,7 +28,7 @@ pub struct ListArgs {
 pub async fn list(args: ListArgs) -> anyhow::Result<std::process::ExitCode> {
     let engine = Engine::open(&args.db).await?;
     let consumers = match &args.space {
-        Some(space) => engine.space(space).await?.consumers().await?,
+        Some(space) => existing_space(&engine, space).await?.consumers().await?,
         None => engine.consumers().await?,
     };
     if args.json {
@@ -120,7 +120,7 @@ pub async fn consumer(args: ConsumerArgs) -> anyhow::Result<std::process::ExitCo
             actor,
         } => {
             let engine = Engine::open(&db).await?;
-            let space = engine.space(&space).await?;
+            let space = existing_space(&engine, &space).await?;
             let before = existing(&space, &name).await?;
             let after = engine
                 .store()
@@ -141,7 +141,7 @@ pub async fn consumer(args: ConsumerArgs) -> anyhow::Result<std::process::ExitCo
             actor,
         } => {
             let engine = Engine::open(&db).await?;
-            let space = engine.space(&space).await?;
+            let space = existing_space(&engine, &space).await?;
             let removed = engine
                 .store()
                 .remove_consumer(space.name(), &name, &actor)
@@ -154,6 +154,15 @@ pub async fn consumer(args: ConsumerArgs) -> anyhow::Result<std::process::ExitCo
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The space an operator named, which must exist: these commands never create one.
+async fn existing_space(engine: &Engine, name: &str) -> anyhow::Result<seqlease::Space> {
+    engine.existing_space(name).await?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "space {name} does not exist in this store; `seqlease status` lists its spaces (is --db the store you meant?)"
+        )
+    })
 }
 
 async fn existing(space: &seqlease::Space, name: &str) -> anyhow::Result<seqlease::ConsumerState> {
@@ -193,7 +202,7 @@ pub struct PruneArgs {
 
 pub async fn prune(args: PruneArgs) -> anyhow::Result<std::process::ExitCode> {
     let engine = Engine::open(&args.db).await?;
-    let space = engine.space(&args.space).await?;
+    let space = existing_space(&engine, &args.space).await?;
     let started = Instant::now();
     let event = space.prune(args.below, &args.actor).await?;
     println!(

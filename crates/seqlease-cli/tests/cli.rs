@@ -320,3 +320,274 @@ fn a_corrupt_database_file_is_refused_and_left_as_it_was() {
         "the file is untouched"
     );
 }
+
+/// Commits operations 1..=`entries` to space `orders` and leaves consumer `read-model`, which
+/// holds back retention, with its checkpoint at `checkpoint`.
+async fn orders_with_a_retaining_consumer(url: &str, entries: u64, checkpoint: usize) {
+    let engine = Engine::open(url).await.unwrap();
+    let space = engine.space("orders").await.unwrap();
+    for n in 1..=entries {
+        let mut lease = space
+            .grant(Grant::new(format!("op-{n}"), "order"))
+            .await
+            .unwrap();
+        let body = seqlease::OperationBody::new("update", br#"{"ids":[1]}"#.to_vec());
+        lease.commit(body).await.unwrap();
+    }
+    let mut consumer = space
+        .consumer("read-model")
+        .batch_size(checkpoint)
+        .retain(true)
+        .open()
+        .await
+        .unwrap();
+    let batch = consumer.next_batch().await.unwrap();
+    consumer.commit(&batch).await.unwrap();
+    assert_eq!(consumer.checkpoint(), checkpoint as u64);
+}
+
+fn the_consumers(dir: &Path, url: &str) -> Vec<Value> {
+    let list = json_of(dir, &["consumers", "--db", url, "--json"]);
+    list["consumers"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_lists_resets_and_removes_a_consumer_and_prunes_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dir, url) = (
+        dir.path(),
+        format!("sqlite://{}", dir.path().join("ops.db").display()),
+    );
+    orders_with_a_retaining_consumer(&url, 10, 4).await;
+
+    let consumers = the_consumers(dir, &url);
+    assert_eq!(consumers.len(), 1, "{consumers:?}");
+    let c = &consumers[0];
+    assert_eq!(
+        (c["space"].as_str(), c["consumer"].as_str()),
+        (Some("orders"), Some("read-model"))
+    );
+    assert_eq!(
+        (
+            count(c, "checkpoint"),
+            count(c, "watermark"),
+            count(c, "lag")
+        ),
+        (4, 10, 6)
+    );
+    assert_eq!(c["retain"], true);
+
+    // The retaining consumer has not read past 4: entries it still needs are not pruned.
+    let stderr = refusal_of(
+        dir,
+        &[
+            "prune", "--db", &url, "--space", "orders", "--below", "8", "--actor", "ops",
+        ],
+    );
+    assert!(
+        stderr.contains("read-model"),
+        "the refusal names the consumer: {stderr}"
+    );
+    let out = seqlease(
+        dir,
+        &[
+            "prune", "--db", &url, "--space", "orders", "--below", "5", "--actor", "ops",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("pruned 4 entries of orders"), "{stdout}");
+
+    let out = seqlease(
+        dir,
+        &[
+            "consumer",
+            "reset",
+            "--db",
+            &url,
+            "--space",
+            "orders",
+            "--name",
+            "read-model",
+            "--to",
+            "6",
+            "--actor",
+            "ops",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("checkpoint 4 -> 6 (lag 4), reset by ops"),
+        "{stdout}"
+    );
+    assert_eq!(count(&the_consumers(dir, &url)[0], "checkpoint"), 6);
+
+    let out = seqlease(
+        dir,
+        &[
+            "consumer",
+            "remove",
+            "--db",
+            &url,
+            "--space",
+            "orders",
+            "--name",
+            "read-model",
+            "--actor",
+            "ops",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("removed by ops (its checkpoint was 6)"),
+        "{stdout}"
+    );
+    assert!(the_consumers(dir, &url).is_empty());
+
+    // Nothing holds retention back now: everything up to the watermark can go, and the
+    // retention history shows each audited step with its actor.
+    let out = seqlease(
+        dir,
+        &[
+            "prune",
+            "--db",
+            &url,
+            "--space",
+            "orders",
+            "--below",
+            "11",
+            "--actor",
+            "ops",
+            "--history",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("pruned 6 entries of orders"), "{stdout}");
+    let history: Vec<&str> = stdout.lines().skip(1).collect();
+    assert_eq!(history.len(), 4, "prune, reset, removal, prune: {stdout}");
+    assert!(
+        history.iter().all(|line| line.ends_with("by ops")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn consumer_and_retention_commands_refuse_a_space_that_does_not_exist_and_create_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    // A store with one space, so `status` has something to list.
+    verified_demo(dir, &["--workers", "2"], "sqlite", 20);
+    let url = format!("sqlite://{}", dir.join("seqlease.db").display());
+    let typo = ["--db", url.as_str(), "--space", "ordres"];
+    let commands: [Vec<&str>; 4] = [
+        [&["consumers"][..], &typo].concat(),
+        [&["prune"][..], &typo, &["--below", "2", "--actor", "ops"]].concat(),
+        [
+            &["consumer", "reset"][..],
+            &typo,
+            &["--name", "rm", "--actor", "ops"],
+        ]
+        .concat(),
+        [
+            &["consumer", "remove"][..],
+            &typo,
+            &["--name", "rm", "--actor", "ops"],
+        ]
+        .concat(),
+    ];
+    for args in &commands {
+        let stderr = refusal_of(dir, args);
+        assert!(
+            stderr.contains("space ordres does not exist") && stderr.contains("seqlease status"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let status = json_of(dir, &["status", "--db", &url, "--json"]);
+    let spaces = status["spaces"].as_array().unwrap();
+    assert_eq!(spaces.len(), 1, "no space was created: {status}");
+}
+
+#[test]
+fn bench_replay_and_bench_recovery_print_the_fields_their_targets_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let replay = json_of(
+        dir.path(),
+        &[
+            "bench-replay",
+            "--db",
+            &url,
+            "--entries",
+            "3000",
+            "--batch",
+            "500",
+            "--runs",
+            "1",
+            "--json",
+        ],
+    );
+    assert_eq!(replay["store"], "sqlite");
+    assert_eq!(count(&replay, "entries"), 3000, "{replay}");
+    for key in [
+        "replay_entries_per_s",
+        "bare_read_entries_per_s",
+        "ratio_to_bare_reads",
+    ] {
+        assert!(
+            replay[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key} in {replay}"
+        );
+    }
+
+    let recovery = json_of(
+        dir.path(),
+        &[
+            "bench-recovery",
+            "--db",
+            &url,
+            "--leases",
+            "20",
+            "--ttl",
+            "0.2",
+            "--interval",
+            "0.05",
+            "--spread",
+            "0.2",
+            "--cascade",
+            "200",
+            "--json",
+        ],
+    );
+    assert_eq!(count(&recovery, "leases"), 20, "{recovery}");
+    let delay = &recovery["expiry_to_resolution_ms"];
+    for key in ["p50", "p99", "max"] {
+        assert!(
+            delay[key].as_f64().is_some_and(|v| v >= 0.0),
+            "{key} in {recovery}"
+        );
+    }
+    assert!(delay["p50"].as_f64() <= delay["max"].as_f64(), "{recovery}");
+    assert!(
+        recovery["cascade_resolved_ms"].as_f64().is_some(),
+        "{recovery}"
+    );
+}
