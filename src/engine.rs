@@ -149,6 +149,11 @@ impl Engine {
 
     /// Send one command through group commit.
     pub(crate) async fn dispatch(&self, command: Command) -> Result<Reply> {
+        // A store that answers on the caller's thread (memory) never returns `Pending`, so a
+        // task looping on it would hold its runtime thread: readers, the cleanup service and
+        // other workers queued there would not run. Each call takes a unit of the task's
+        // tokio budget, as a channel receive does; the task yields when the budget is spent.
+        tokio::task::consume_budget().await;
         match self.dispatch_now(command) {
             Now::Answered(reply) => reply,
             Now::Later(command) => self.dispatch_later(command).await,

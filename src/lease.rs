@@ -207,6 +207,8 @@ impl Lease {
             "operation payload",
             body.payload.len(),
         )?;
+        // See `Engine::dispatch`: a store that answers on this thread never yields.
+        tokio::task::consume_budget().await;
         let started = Instant::now();
         let span = tracing::info_span!(target: "seqlease", "seqlease.commit", space = %self.record.space, seq = self.record.seq);
         let command = Command::Commit {

@@ -83,6 +83,8 @@ impl LogReader {
     }
 
     async fn load(&mut self) -> Result<()> {
+        // The in-memory store reads without yielding; see `Engine::dispatch`.
+        tokio::task::consume_budget().await;
         let page = self.space.engine().config().read_page;
         let entries = self
             .space

@@ -164,6 +164,8 @@ impl Space {
     /// when the store hands it back (its synchronous path) or when `retry` asks to keep a
     /// copy; otherwise it is answered as an error.
     async fn attempt(&self, request: GrantRequest, retry: bool) -> Attempt {
+        // See `Engine::dispatch`: a store that answers on this thread never yields.
+        tokio::task::consume_budget().await;
         let started = Instant::now();
         let ttl = request.ttl;
         let span = tracing::info_span!(target: "seqlease", "seqlease.grant", space = %self.name, seq = tracing::field::Empty);
@@ -376,4 +378,75 @@ pub(crate) fn unreachable_reply<T>(command: &'static str, reply: Reply) -> Resul
         backend: "engine",
         detail: format!("store answered a {command} with {reply:?}; this is a bug in the store"),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use crate::{Engine, EngineConfig, Grant, MemoryStore, OperationBody};
+
+    /// A task for the current thread that only notes that it ran.
+    fn other_task() -> Arc<AtomicBool> {
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
+        ran
+    }
+
+    /// On one runtime thread, a task that grants and commits in a loop on the in-memory
+    /// store (which answers without ever returning `Pending`), or reads its log back, still
+    /// lets the other tasks of that thread run: every grant, commit, page and batch takes
+    /// from the task's tokio budget.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_task_looping_on_the_memory_store_lets_the_other_tasks_run() {
+        const LOG: u32 = 1_000;
+        let config = EngineConfig {
+            read_page: 1,
+            ..EngineConfig::default()
+        };
+        let engine = Engine::builder()
+            .store(Arc::new(MemoryStore::new()))
+            .config(config)
+            .build()
+            .await
+            .unwrap();
+        let space = engine.space("fair").await.unwrap();
+        let other_ran = other_task();
+        // The spawned task can only run when this one yields.
+        let mut seen_after = None;
+        for n in 0..LOG {
+            let grant = Grant::new(format!("op-{n}"), "t");
+            let mut lease = space.grant(grant).await.unwrap();
+            lease.commit(OperationBody::new("k", vec![])).await.unwrap();
+            if seen_after.is_none() && other_ran.load(Ordering::SeqCst) {
+                seen_after = Some(n);
+            }
+        }
+        let cycles = seen_after.expect("the other task never ran while this one looped");
+        assert!(cycles < 200, "the other task waited {cycles} cycles");
+
+        let other_ran = other_task();
+        let mut reader = space.reader(1);
+        for _ in 0..LOG {
+            reader.next().await.unwrap();
+        }
+        assert!(
+            other_ran.load(Ordering::SeqCst),
+            "a reader of {LOG} pages never yielded"
+        );
+
+        let other_ran = other_task();
+        let mut consumer = space.consumer("c").batch_size(1).open().await.unwrap();
+        for _ in 0..LOG {
+            let batch = consumer.next_batch().await.unwrap();
+            consumer.commit(&batch).await.unwrap();
+        }
+        assert_eq!(consumer.checkpoint(), u64::from(LOG));
+        assert!(
+            other_ran.load(Ordering::SeqCst),
+            "a consumer of {LOG} batches never yielded"
+        );
+    }
 }

@@ -241,6 +241,8 @@ impl Consumer {
     /// The entries that follow the checkpoint, at most the batch size, without waiting
     /// (empty when caught up). Nothing is checkpointed until [`Consumer::commit`].
     pub async fn next_batch(&mut self) -> Result<Batch> {
+        // The in-memory store reads without yielding; see `Engine::dispatch`.
+        tokio::task::consume_budget().await;
         let entries = self
             .space
             .engine()
