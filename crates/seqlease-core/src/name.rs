@@ -15,22 +15,50 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_ID_LEN: usize = 512;
 
 /// The name of a space: an independent ordered log with its own counter and watermark.
-#[derive(Clone, PartialOrd, Ord)]
-pub struct SpaceName(Arc<str>);
+#[derive(Clone)]
+pub struct SpaceName(Arc<Name>);
+
+/// A space name's text and its hash, computed once: names key the maps every command looks
+/// its space up in (the store's, the barrier's), several times a grant→commit cycle.
+struct Name {
+    hash: u64,
+    text: Box<str>,
+}
+
+/// Hashes every space name of the process, with a seed chosen at random once.
+fn name_hasher() -> &'static foldhash::quality::RandomState {
+    static HASHER: std::sync::OnceLock<foldhash::quality::RandomState> = std::sync::OnceLock::new();
+    HASHER.get_or_init(Default::default)
+}
 
 impl PartialEq for SpaceName {
     fn eq(&self, other: &Self) -> bool {
-        // Names travel as clones of one Arc: the pointer check settles most comparisons.
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+        // Names travel as clones of one Arc: the pointer check settles most comparisons,
+        // and different hashes settle most of the rest.
+        Arc::ptr_eq(&self.0, &other.0)
+            || (self.0.hash == other.0.hash && self.0.text == other.0.text)
     }
 }
 
 impl Eq for SpaceName {}
 
 impl std::hash::Hash for SpaceName {
-    // Hash the text, consistent with `eq` (equal names hash alike whatever their Arc).
+    // Equal names have equal texts, so equal hashes: consistent with `eq`.
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.hash(state);
+        state.write_u64(self.0.hash);
+    }
+}
+
+impl PartialOrd for SpaceName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SpaceName {
+    /// By text, as the stores list spaces.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
     }
 }
 
@@ -38,30 +66,33 @@ impl SpaceName {
     /// Validate `name` as a space name.
     pub fn new(name: &str) -> Result<Self, InvalidInput> {
         validate_name("space", name)?;
-        Ok(SpaceName(Arc::from(name)))
+        Ok(SpaceName(Arc::new(Name {
+            hash: std::hash::BuildHasher::hash_one(name_hasher(), name),
+            text: name.into(),
+        })))
     }
 
     /// The name as a string slice.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.0.text
     }
 }
 
 impl fmt::Display for SpaceName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for SpaceName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", &*self.0)
+        write!(f, "{:?}", self.as_str())
     }
 }
 
 impl AsRef<str> for SpaceName {
     fn as_ref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
@@ -142,6 +173,29 @@ fn truncate_for_display(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_made_apart_are_equal_hash_alike_and_order_by_text() {
+        use std::collections::HashMap;
+        let (a, again, b) = (
+            SpaceName::new("orders").unwrap(),
+            SpaceName::new("orders").unwrap(),
+            SpaceName::new("billing").unwrap(),
+        );
+        assert!(!Arc::ptr_eq(&a.0, &again.0));
+        assert_eq!(a, again);
+        assert_ne!(a, b);
+        let map: HashMap<SpaceName, u32> = [(a.clone(), 1), (b.clone(), 2)].into();
+        assert_eq!((map[&again], map[&b]), (1, 2));
+        let mut names = vec![a.clone(), b.clone(), SpaceName::new("a-first").unwrap()];
+        names.sort();
+        let texts: Vec<&str> = names.iter().map(SpaceName::as_str).collect();
+        assert_eq!(texts, ["a-first", "billing", "orders"]);
+        assert_eq!(
+            (a.to_string(), format!("{a:?}")),
+            ("orders".into(), "\"orders\"".into())
+        );
+    }
 
     #[test]
     fn accepts_documented_alphabet() {
