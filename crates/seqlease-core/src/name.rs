@@ -187,7 +187,7 @@ mod tests {
         assert_ne!(a, b);
         let map: HashMap<SpaceName, u32> = [(a.clone(), 1), (b.clone(), 2)].into();
         assert_eq!((map[&again], map[&b]), (1, 2));
-        let mut names = vec![a.clone(), b.clone(), SpaceName::new("a-first").unwrap()];
+        let mut names = [a.clone(), b.clone(), SpaceName::new("a-first").unwrap()];
         names.sort();
         let texts: Vec<&str> = names.iter().map(SpaceName::as_str).collect();
         assert_eq!(texts, ["a-first", "billing", "orders"]);
