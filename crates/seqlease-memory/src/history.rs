@@ -3,7 +3,7 @@
 
 use seqlease_core::{GapReason, HistoryQuery, SlotEvent, SlotEventKind, Timestamp};
 
-use crate::slot::{Content, Slot};
+use crate::slot::{Content, Label, Slot};
 use crate::space::SpaceState;
 
 impl SpaceState {
@@ -13,7 +13,7 @@ impl SpaceState {
         seq: u64,
         at: Timestamp,
         kind: SlotEventKind,
-        actor: &str,
+        actor: impl Into<String>,
         detail: Option<String>,
     ) {
         let event = SlotEvent {
@@ -25,6 +25,19 @@ impl SpaceState {
             detail,
         };
         self.events.entry(seq).or_default().push(event);
+    }
+
+    /// [`SpaceState::record`] with an owner label as the actor.
+    pub(crate) fn record_owner(
+        &mut self,
+        seq: u64,
+        at: Timestamp,
+        kind: SlotEventKind,
+        owner: Label,
+        detail: Option<String>,
+    ) {
+        let actor = self.labels.text(owner).to_owned();
+        self.record(seq, at, kind, actor, detail);
     }
 
     pub(crate) fn history(&self, query: &HistoryQuery) -> Vec<SlotEvent> {
@@ -59,7 +72,7 @@ impl SpaceState {
             actor: actor.into(),
             detail,
         };
-        let owner: &str = &slot.lease.owner;
+        let owner = self.labels.text(slot.lease.owner);
         let mut events = Vec::with_capacity(2);
         let appended = matches!(slot.resolution(), Some((_, Content::Committed { recovery: Some(r), .. })) if r.original_seq != seq);
         if !appended {

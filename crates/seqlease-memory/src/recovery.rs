@@ -65,7 +65,7 @@ impl SpaceState {
             claimed.push(ExpiredSlot {
                 lease: LeaseRecord {
                     token: Token([0; 16]),
-                    ..slot.lease.record(&self.name, seq)
+                    ..slot.lease.record(&self.name, seq, &self.labels)
                 },
                 claim: ClaimKey {
                     space: self.name.clone(),
@@ -78,13 +78,10 @@ impl SpaceState {
                 attempts: slot.attempts,
             });
             slot.work_mut().claim = Some(claim);
-            let (owner, expired_at, attempts) = (
-                slot.lease.owner.clone(),
-                slot.lease.expires_at,
-                slot.attempts,
-            );
+            let (owner, expired_at, attempts) =
+                (slot.lease.owner, slot.lease.expires_at, slot.attempts);
             if attempts == 1 {
-                self.record(seq, expired_at, SlotEventKind::Expired, &owner, None);
+                self.record_owner(seq, expired_at, SlotEventKind::Expired, owner, None);
             }
             let detail = Some(format!("attempt {attempts}"));
             self.record(seq, now, SlotEventKind::Claimed, &req.cleaner, detail);
@@ -119,7 +116,7 @@ impl SpaceState {
         if !holds {
             return Err(lost());
         }
-        let lease = slot.lease.record(&self.name, seq);
+        let lease = slot.lease.record(&self.name, seq, &self.labels);
         if let Some(existing) = self.committed.get(&lease.operation_id, &self.slots) {
             self.supersede(seq, existing, now, outcome);
             return Ok(Reply::Resolved(ResolveOutcome::Duplicate { existing }));
@@ -236,9 +233,9 @@ impl SpaceState {
         epoch_of: &dyn Fn(&str) -> u64,
         outcome: &mut BatchOutcome,
     ) -> Result<Reply, LeaseError> {
-        let name = self.name.clone();
-        let slot = self.slot_with_token(&item.key)?;
-        let lease = slot.lease.record(&name, item.key.seq);
+        self.slot_with_token(&item.key)?;
+        let slot = self.slots.get(item.key.seq).expect("checked above");
+        let lease = slot.lease.record(&self.name, item.key.seq, &self.labels);
         let facts = LateSlot {
             state: slot.state(),
             expires_at: lease.expires_at,
@@ -262,7 +259,7 @@ impl SpaceState {
             lease.seq,
             now,
             SlotEventKind::Recovered,
-            &lease.owner,
+            lease.owner.as_str(),
             detail,
         );
         Ok(Reply::Late(LateOutcome::Resequenced {

@@ -6,13 +6,13 @@
 //! - a committed operation's id and projection type are the lease's (a slot only ever holds
 //!   the operation it was granted for), so they are not stored a second time; nor are the
 //!   space and the seq, which are where the slot is kept;
-//! - the labels every slot repeats (owner, projection type, operation kind) are shared
-//!   copies from the space's [`Labels`];
+//! - the labels every slot repeats (owner, projection type, operation kind) are kept once,
+//!   in the space's [`Labels`]; a slot holds 4-byte [`Label`]s (no shared count to bump,
+//!   which would move a cache line between cores on every grant);
 //! - work recorded while leased, a cleaner's claim, a fence, a gap's explanation and
 //!   recovery details are rare, so they are boxed.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use indexmap::IndexSet;
 
 use seqlease_core::{
     EntryContent, Fence, Gap, GapReason, LeaseRecord, Operation, OperationBody, RecoveryInfo,
@@ -35,8 +35,8 @@ pub(crate) struct Slot {
 pub(crate) struct SlotLease {
     pub(crate) token: Token,
     pub(crate) operation_id: Box<str>,
-    pub(crate) projection_type: Arc<str>,
-    pub(crate) owner: Arc<str>,
+    pub(crate) projection_type: Label,
+    pub(crate) owner: Label,
     pub(crate) fence: Option<Box<Fence>>,
     pub(crate) leased_at: Timestamp,
     pub(crate) expires_at: Timestamp,
@@ -58,15 +58,15 @@ impl SlotLease {
         }
     }
 
-    /// The lease record of the slot `seq` of `space`.
-    pub(crate) fn record(&self, space: &SpaceName, seq: u64) -> LeaseRecord {
+    /// The lease record of the slot `seq` of `space`, whose labels are `labels`.
+    pub(crate) fn record(&self, space: &SpaceName, seq: u64, labels: &Labels) -> LeaseRecord {
         LeaseRecord {
             space: space.clone(),
             seq,
             token: self.token,
             operation_id: self.operation_id.to_string(),
-            projection_type: self.projection_type.to_string(),
-            owner: self.owner.to_string(),
+            projection_type: labels.text(self.projection_type).to_owned(),
+            owner: labels.text(self.owner).to_owned(),
             fence: self.fence.as_deref().cloned(),
             leased_at: self.leased_at,
             expires_at: self.expires_at,
@@ -75,33 +75,36 @@ impl SlotLease {
     }
 }
 
-/// Shared copies of the labels a log repeats on every slot, one per distinct value.
+/// One of a space's [`Labels`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Label(u32);
+
+/// The labels a log repeats on every slot (owners, projection types, operation kinds),
+/// each kept once. A table of one space only grows: an application that makes every
+/// owner unique pays one entry per distinct owner, as it would pay a copy per slot.
 #[derive(Debug, Default)]
 pub(crate) struct Labels {
-    known: HashSet<Arc<str>, foldhash::fast::RandomState>,
+    known: IndexSet<Box<str>, foldhash::fast::RandomState>,
 }
 
 impl Labels {
-    /// Beyond this many distinct labels new ones are kept unshared, so a caller that
-    /// makes every owner unique cannot grow the table without bound.
-    const MAX: usize = 4096;
+    pub(crate) fn intern(&mut self, label: &str) -> Label {
+        let index = match self.known.get_index_of(label) {
+            Some(index) => index,
+            None => self.known.insert_full(label.into()).0,
+        };
+        Label(u32::try_from(index).expect("fewer than 2^32 distinct labels in one space"))
+    }
 
-    pub(crate) fn intern(&mut self, label: &str) -> Arc<str> {
-        if let Some(known) = self.known.get(label) {
-            return known.clone();
-        }
-        let label: Arc<str> = Arc::from(label);
-        if self.known.len() < Self::MAX {
-            self.known.insert(label.clone());
-        }
-        label
+    pub(crate) fn text(&self, label: Label) -> &str {
+        &self.known[label.0 as usize]
     }
 }
 
 /// An operation body as a resolved slot keeps it.
 #[derive(Debug)]
 pub(crate) struct StoredBody {
-    kind: Arc<str>,
+    kind: Label,
     payload: Box<[u8]>,
     source_event_id: Option<Box<str>>,
 }
@@ -115,9 +118,9 @@ impl StoredBody {
         }
     }
 
-    fn body(&self) -> OperationBody {
+    fn body(&self, labels: &Labels) -> OperationBody {
         OperationBody {
-            kind: self.kind.to_string(),
+            kind: labels.text(self.kind).to_owned(),
             payload: self.payload.to_vec(),
             source_event_id: self.source_event_id.as_deref().map(str::to_owned),
         }
@@ -264,13 +267,13 @@ impl Slot {
     }
 
     /// The content as readers see it, with the lease's strings filled back in.
-    pub(crate) fn entry_content(&self) -> Option<(Timestamp, EntryContent)> {
+    pub(crate) fn entry_content(&self, labels: &Labels) -> Option<(Timestamp, EntryContent)> {
         let (at, content) = self.resolved.as_ref()?;
         let content = match content {
             Content::Committed { body, recovery } => EntryContent::Operation(Operation {
                 operation_id: self.lease.operation_id.to_string(),
-                projection_type: self.lease.projection_type.to_string(),
-                body: body.body(),
+                projection_type: labels.text(self.lease.projection_type).to_owned(),
+                body: body.body(labels),
                 recovery: recovery.as_deref().cloned(),
             }),
             Content::Gap(gap) => EntryContent::Gap((**gap).clone()),
@@ -304,7 +307,7 @@ mod tests {
     #[test]
     fn a_slot_stays_small() {
         // The log keeps one of these per seq, for as long as it is retained.
-        let budget = 192;
+        let budget = 152;
         assert!(
             std::mem::size_of::<Slot>() <= budget,
             "Slot is {} bytes, budget {budget}",
@@ -313,19 +316,13 @@ mod tests {
     }
 
     #[test]
-    fn labels_are_shared_up_to_a_bound() {
+    fn labels_are_kept_once_and_read_back() {
         let mut labels = Labels::default();
         let a = labels.intern("worker-1");
-        assert!(Arc::ptr_eq(&a, &labels.intern("worker-1")));
-        for i in 0..Labels::MAX {
-            labels.intern(&format!("owner-{i}"));
-        }
-        let late = labels.intern("late");
-        assert_eq!(&*late, "late");
-        assert!(
-            !Arc::ptr_eq(&late, &labels.intern("late")),
-            "past the bound: unshared"
-        );
-        assert!(Arc::ptr_eq(&a, &labels.intern("worker-1")));
+        assert_eq!(a, labels.intern("worker-1"));
+        let b = labels.intern("worker-2");
+        assert_ne!(a, b);
+        assert_eq!((labels.text(a), labels.text(b)), ("worker-1", "worker-2"));
+        assert_eq!(labels.known.len(), 2);
     }
 }

@@ -144,12 +144,12 @@ impl SpaceState {
         slot.lease.expires_at = now.plus(ttl);
         slot.lease.renewals += 1;
         let (expires_at, renewals) = (slot.lease.expires_at, slot.lease.renewals);
-        let owner = slot.lease.owner.clone();
-        self.record(
+        let owner = slot.lease.owner;
+        self.record_owner(
             key.seq,
             now,
             SlotEventKind::Renewed,
-            &owner,
+            owner,
             Some(format!("until {expires_at}")),
         );
         Ok(Reply::Renewed {
@@ -214,14 +214,8 @@ impl SpaceState {
         if slot.has_recorded_work() {
             // Recorded work is never dropped (I5): expire now, recovery takes it from here.
             slot.lease.expires_at = now;
-            let owner = slot.lease.owner.clone();
-            self.record(
-                key.seq,
-                now,
-                SlotEventKind::HandedToRecovery,
-                &owner,
-                detail,
-            );
+            let owner = slot.lease.owner;
+            self.record_owner(key.seq, now, SlotEventKind::HandedToRecovery, owner, detail);
             return Ok(Reply::Released(ReleaseOutcome::HandedToRecovery));
         }
         let gap = Content::gap(GapReason::Released, None, detail);
@@ -288,13 +282,13 @@ impl SpaceState {
             .map(|seq| {
                 let slot = self.slots.get(seq).expect("seq <= watermark <= last seq");
                 let (resolved_at, content) = slot
-                    .entry_content()
+                    .entry_content(&self.labels)
                     .expect("every slot at or below the watermark is resolved");
                 Entry {
                     space: self.name.clone(),
                     seq,
                     lease_operation_id: slot.lease.operation_id.to_string(),
-                    owner: slot.lease.owner.to_string(),
+                    owner: self.labels.text(slot.lease.owner).to_owned(),
                     resolved_at,
                     content,
                 }
@@ -304,7 +298,7 @@ impl SpaceState {
 
     pub(crate) fn view(&self, seq: u64) -> Option<SlotView> {
         let slot = self.slots.get(seq)?;
-        let mut lease = slot.lease.record(&self.name, seq);
+        let mut lease = slot.lease.record(&self.name, seq, &self.labels);
         lease.token = Token([0; 16]);
         Some(SlotView {
             lease,
