@@ -324,7 +324,7 @@ impl EngineBuilder {
         let telemetry = Arc::new(EngineTelemetry::new(
             self.telemetry,
             self.alerts,
-            store.backend(),
+            store.clone(),
             spaces.clone(),
             store.now().await?,
         )?);

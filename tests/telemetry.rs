@@ -526,6 +526,59 @@ async fn a_workload_on_sqlite_reaches_an_otlp_http_receiver() {
     engine.shutdown_telemetry().await.unwrap();
 }
 
+/// PostgreSQL reports the write path of its batches (`seqlease.store.batches`): plain grants
+/// and commits are written as one statement. Stores with one path export no such series
+/// (the memory and SQLite workloads above check every exported name and attribute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reports_the_write_path_of_its_batches() {
+    use seqlease_conformance::postgres::{database_url, unique_name};
+    let received = Received::default();
+    let endpoint = grpc_receiver(received.clone()).await;
+    let opts = seqlease::PgOptions {
+        schema: Some(unique_name("telemetry")),
+        ..seqlease::PgOptions::default()
+    };
+    let store = seqlease::PgStore::connect(&database_url(), opts)
+        .await
+        .expect("connect to the test PostgreSQL");
+    let engine = Engine::builder()
+        .store(Arc::new(store))
+        .telemetry(Telemetry::Otlp(
+            OtlpExport::grpc(endpoint).interval(Duration::from_secs(3600)),
+        ))
+        .build()
+        .await
+        .unwrap();
+    let space = engine.space("paths").await.unwrap();
+    for i in 0..10 {
+        let mut lease = space
+            .grant(Grant::new(format!("op-{i}"), "t"))
+            .await
+            .unwrap();
+        lease
+            .commit(OperationBody::new("noop", Vec::new()))
+            .await
+            .unwrap();
+    }
+    engine.flush_telemetry().await.unwrap();
+    let points = last_export(&received);
+    let at = |path| [("store", "postgres"), ("path", path)];
+    let one = value(&points, "seqlease.store.batches", &at("one_statement"));
+    let refused = value(
+        &points,
+        "seqlease.store.batches",
+        &at("one_statement_refused"),
+    );
+    // All but the space's first batch, which runs as a general transaction and leaves the
+    // store the space's row the one-statement path starts from.
+    assert!(
+        one >= 19.0,
+        "10 grants and 10 commits went as one statement: {one}"
+    );
+    assert_eq!(refused, 0.0, "nothing raced them for the space's row");
+    engine.shutdown_telemetry().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_exporter_is_reported_not_hidden_and_off_records_nothing() {
     // Nothing listens on port 9 of loopback: flushing must fail with a message.

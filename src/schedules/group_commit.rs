@@ -43,7 +43,7 @@ fn dispatcher(
         EngineTelemetry::new(
             Telemetry::Off,
             AlertThresholds::default(),
-            "memory",
+            store.clone(),
             spaces.clone(),
             Timestamp(0),
         )

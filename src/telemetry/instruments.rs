@@ -191,6 +191,14 @@ spec!(
     "Commands per group-commit store transaction."
 );
 spec!(
+    STORE_BATCHES,
+    "seqlease.store.batches",
+    Counter,
+    "{batch}",
+    ["store", "path"],
+    "Write batches by the path the store took; PostgreSQL only: one_statement, or one_statement_refused when that path declined the batch and it ran as a general transaction."
+);
+spec!(
     RECOVERY_OUTCOMES,
     "seqlease.recovery.outcomes",
     Counter,
@@ -300,6 +308,7 @@ pub const INSTRUMENTS: &[InstrumentSpec] = &[
     GRANT_DURATION,
     COMMIT_DURATION,
     GROUP_COMMIT_BATCH_SIZE,
+    STORE_BATCHES,
     RECOVERY_OUTCOMES,
     GAPS_CREATED,
     RECOVERY_QUEUE_SIZE,

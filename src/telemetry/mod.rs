@@ -40,7 +40,7 @@ use opentelemetry::metrics::{MeterProvider as _, ObservableCounter, ObservableGa
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use seqlease_core::{
     CommitOutcome, CommitStatus, InvalidInput, LeaseError, ReleaseOutcome, SnapshotMap, SpaceInfo,
-    SpaceName, StoreError, Timestamp,
+    SpaceName, Store, StoreError, Timestamp,
 };
 use tokio::time::Instant;
 
@@ -158,7 +158,7 @@ impl EngineTelemetry {
     pub(crate) fn new(
         config: Telemetry,
         thresholds: AlertThresholds,
-        backend: &'static str,
+        store: Arc<dyn Store>,
         barrier: Arc<Spaces>,
         now: Timestamp,
     ) -> Result<Self, InvalidInput> {
@@ -189,7 +189,10 @@ impl EngineTelemetry {
                 (
                     Some(Instruments::new(&meter)),
                     register_gauges(&meter, &shared),
-                    lease_counts::register(&meter, &shared),
+                    lease_counts::register(&meter, &shared)
+                        .into_iter()
+                        .chain([register_store_batches(&meter, store.clone())])
+                        .collect(),
                 )
             }
             None => (None, Vec::new(), Vec::new()),
@@ -203,7 +206,7 @@ impl EngineTelemetry {
             evaluator: parking_lot::Mutex::new(evaluator),
             provider,
             owns_provider,
-            store_kv: [KeyValue::new("store", backend)],
+            store_kv: [KeyValue::new("store", store.backend())],
             _gauges: gauges,
             _counters: counters,
         })
@@ -606,6 +609,29 @@ impl SpaceTelemetry {
     fn last_seq(&self) -> u64 {
         self.last_seq.get()
     }
+}
+
+/// `seqlease.store.batches`: the store's own counts of its write paths, read when metrics
+/// are collected (a store with one path reports none).
+fn register_store_batches(
+    meter: &opentelemetry::metrics::Meter,
+    store: Arc<dyn Store>,
+) -> ObservableCounter<u64> {
+    let spec = instruments::STORE_BATCHES;
+    meter
+        .u64_observable_counter(spec.name)
+        .with_unit(spec.unit)
+        .with_description(spec.description)
+        .with_callback(move |observer| {
+            for (path, n) in store.write_paths() {
+                let attrs = [
+                    KeyValue::new("store", store.backend()),
+                    KeyValue::new("path", path),
+                ];
+                observer.observe(n, &attrs);
+            }
+        })
+        .build()
 }
 
 /// Reports one gauge value with its attributes.

@@ -129,6 +129,14 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Write batches so far by the path the store took, for the `seqlease.store.batches`
+    /// metric (PostgreSQL: `one_statement`, and `one_statement_refused` when that path
+    /// declined a batch and it ran as a general transaction). Empty, the default, for a
+    /// store with a single write path.
+    fn write_paths(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
     /// A space's counters, `None` if it does not exist.
     async fn space_info(&self, space: &SpaceName) -> Result<Option<SpaceInfo>, StoreError>;
 

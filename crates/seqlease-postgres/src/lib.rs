@@ -397,6 +397,14 @@ impl Store for PgStore {
         }
     }
 
+    fn write_paths(&self) -> Vec<(&'static str, u64)> {
+        let counts = self.batch_paths();
+        vec![
+            ("one_statement", counts.one_statement),
+            ("one_statement_refused", counts.refused),
+        ]
+    }
+
     async fn now(&self) -> Result<Timestamp, StoreError> {
         self.bounded("now", read::now(&self.inner)).await
     }
