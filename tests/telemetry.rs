@@ -192,6 +192,17 @@ fn value(points: &BTreeMap<String, Vec<Point>>, name: &str, attrs: &[(&str, &str
 
 // ---------------------------------------------------------------- the workload
 
+/// Grant and commit a no-op operation for each (operation id, projection type).
+async fn commit_noops(space: &seqlease::Space, leases: impl IntoIterator<Item = (String, String)>) {
+    for (id, projection_type) in leases {
+        let mut lease = space.grant(Grant::new(id, projection_type)).await.unwrap();
+        lease
+            .commit(OperationBody::new("noop", Vec::new()))
+            .await
+            .unwrap();
+    }
+}
+
 /// Grants, commits, a release, a renewal, two abandoned leases (one with a recorded result
 /// that recovery commits, one that becomes a gap), a resource conflict and a stale fenced
 /// write; then the clock moves past the TTL and one cleanup cycle runs.
@@ -468,16 +479,11 @@ async fn projection_types_beyond_the_cap_are_counted_together() {
     let space = engine.space("ids").await.unwrap();
     let beyond = 40;
     let types = MAX_PROJECTION_TYPES + beyond;
-    for i in 0..types {
-        let mut lease = space
-            .grant(Grant::new(format!("op-{i}"), format!("type-{i}")))
-            .await
-            .unwrap();
-        lease
-            .commit(OperationBody::new("noop", Vec::new()))
-            .await
-            .unwrap();
-    }
+    commit_noops(
+        &space,
+        (0..types).map(|i| (format!("op-{i}"), format!("type-{i}"))),
+    )
+    .await;
     engine.flush_telemetry().await.unwrap();
     let points = last_export(&received);
     let granted = &points["seqlease.lease.granted"];
@@ -550,16 +556,7 @@ async fn postgres_reports_the_write_path_of_its_batches() {
         .await
         .unwrap();
     let space = engine.space("paths").await.unwrap();
-    for i in 0..10 {
-        let mut lease = space
-            .grant(Grant::new(format!("op-{i}"), "t"))
-            .await
-            .unwrap();
-        lease
-            .commit(OperationBody::new("noop", Vec::new()))
-            .await
-            .unwrap();
-    }
+    commit_noops(&space, (0..10).map(|i| (format!("op-{i}"), "t".to_owned()))).await;
     engine.flush_telemetry().await.unwrap();
     let points = last_export(&received);
     let at = |path| [("store", "postgres"), ("path", path)];

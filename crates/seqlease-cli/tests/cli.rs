@@ -351,6 +351,23 @@ fn the_consumers(dir: &Path, url: &str) -> Vec<Value> {
     list["consumers"].as_array().unwrap().clone()
 }
 
+/// `command` (words split at spaces) with `--db url` appended.
+fn on_db<'a>(command: &'a str, url: &'a str) -> Vec<&'a str> {
+    command.split(' ').chain(["--db", url]).collect()
+}
+
+/// Runs `command` on `url`, which must succeed; returns what it printed.
+fn printed(dir: &Path, url: &str, command: &str) -> String {
+    let out = seqlease(dir, &on_db(command, url));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "seqlease {command}: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_lists_resets_and_removes_a_consumer_and_prunes_behind_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -378,80 +395,23 @@ async fn an_operator_lists_resets_and_removes_a_consumer_and_prunes_behind_it() 
     assert_eq!(c["retain"], true);
 
     // The retaining consumer has not read past 4: entries it still needs are not pruned.
-    let stderr = refusal_of(
-        dir,
-        &[
-            "prune", "--db", &url, "--space", "orders", "--below", "8", "--actor", "ops",
-        ],
-    );
+    let prune = "prune --space orders --actor ops --below";
+    let stderr = refusal_of(dir, &on_db(&format!("{prune} 8"), &url));
     assert!(
         stderr.contains("read-model"),
         "the refusal names the consumer: {stderr}"
     );
-    let out = seqlease(
-        dir,
-        &[
-            "prune", "--db", &url, "--space", "orders", "--below", "5", "--actor", "ops",
-        ],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = printed(dir, &url, &format!("{prune} 5"));
     assert!(stdout.contains("pruned 4 entries of orders"), "{stdout}");
 
-    let out = seqlease(
-        dir,
-        &[
-            "consumer",
-            "reset",
-            "--db",
-            &url,
-            "--space",
-            "orders",
-            "--name",
-            "read-model",
-            "--to",
-            "6",
-            "--actor",
-            "ops",
-        ],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let consumer = "--space orders --name read-model --actor ops";
+    let stdout = printed(dir, &url, &format!("consumer reset {consumer} --to 6"));
     assert!(
         stdout.contains("checkpoint 4 -> 6 (lag 4), reset by ops"),
         "{stdout}"
     );
     assert_eq!(count(&the_consumers(dir, &url)[0], "checkpoint"), 6);
-
-    let out = seqlease(
-        dir,
-        &[
-            "consumer",
-            "remove",
-            "--db",
-            &url,
-            "--space",
-            "orders",
-            "--name",
-            "read-model",
-            "--actor",
-            "ops",
-        ],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = printed(dir, &url, &format!("consumer remove {consumer}"));
     assert!(
         stdout.contains("removed by ops (its checkpoint was 6)"),
         "{stdout}"
@@ -460,27 +420,7 @@ async fn an_operator_lists_resets_and_removes_a_consumer_and_prunes_behind_it() 
 
     // Nothing holds retention back now: everything up to the watermark can go, and the
     // retention history shows each audited step with its actor.
-    let out = seqlease(
-        dir,
-        &[
-            "prune",
-            "--db",
-            &url,
-            "--space",
-            "orders",
-            "--below",
-            "11",
-            "--actor",
-            "ops",
-            "--history",
-        ],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = printed(dir, &url, &format!("{prune} 11 --history"));
     assert!(stdout.contains("pruned 6 entries of orders"), "{stdout}");
     let history: Vec<&str> = stdout.lines().skip(1).collect();
     assert_eq!(history.len(), 4, "prune, reset, removal, prune: {stdout}");
@@ -497,28 +437,16 @@ fn consumer_and_retention_commands_refuse_a_space_that_does_not_exist_and_create
     // A store with one space, so `status` has something to list.
     verified_demo(dir, &["--workers", "2"], "sqlite", 20);
     let url = format!("sqlite://{}", dir.join("seqlease.db").display());
-    let typo = ["--db", url.as_str(), "--space", "ordres"];
-    let commands: [Vec<&str>; 4] = [
-        [&["consumers"][..], &typo].concat(),
-        [&["prune"][..], &typo, &["--below", "2", "--actor", "ops"]].concat(),
-        [
-            &["consumer", "reset"][..],
-            &typo,
-            &["--name", "rm", "--actor", "ops"],
-        ]
-        .concat(),
-        [
-            &["consumer", "remove"][..],
-            &typo,
-            &["--name", "rm", "--actor", "ops"],
-        ]
-        .concat(),
-    ];
-    for args in &commands {
-        let stderr = refusal_of(dir, args);
+    for command in [
+        "consumers --space ordres",
+        "prune --space ordres --below 2 --actor ops",
+        "consumer reset --space ordres --name rm --actor ops",
+        "consumer remove --space ordres --name rm --actor ops",
+    ] {
+        let stderr = refusal_of(dir, &on_db(command, &url));
         assert!(
             stderr.contains("space ordres does not exist") && stderr.contains("seqlease status"),
-            "{args:?}: {stderr}"
+            "{command}: {stderr}"
         );
     }
     let status = json_of(dir, &["status", "--db", &url, "--json"]);
