@@ -28,7 +28,7 @@ use seqlease_core::InvalidInput;
 pub enum Telemetry {
     /// Follow the `OTEL_*` environment variables: export over OTLP when
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` is set,
-    /// otherwise record into a provider with no exporter.
+    /// otherwise create no instruments, as [`Telemetry::Off`] (nothing could read them).
     #[default]
     FromEnv,
     /// Export over OTLP with these settings.

@@ -169,7 +169,8 @@ impl EngineTelemetry {
             Telemetry::Otlp(export) => (Some(export.meter_provider()?), true),
             Telemetry::FromEnv => match OtlpExport::from_env()? {
                 Some(export) => (Some(export.meter_provider()?), true),
-                None => (Some(SdkMeterProvider::builder().build()), true),
+                // A provider without a reader is read by no one: record nothing, as `Off`.
+                None => (None, false),
             },
         };
         let shared = Arc::new(Shared {
