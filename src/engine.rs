@@ -162,11 +162,7 @@ impl Engine {
 
     /// [`Engine::dispatch`] for a command [`Engine::dispatch_now`] handed back.
     pub(crate) async fn dispatch_later(&self, command: Command) -> Result<Reply> {
-        self.inner
-            .dispatcher
-            .one(command)
-            .await
-            .inspect_err(|e| self.inner.telemetry.command_failed(e))
+        self.noted(self.inner.dispatcher.one(command).await)
     }
 
     /// Apply one command on the caller's thread if the store can (see
@@ -174,9 +170,7 @@ impl Engine {
     /// future of [`Engine::dispatch`].
     pub(crate) fn dispatch_now(&self, command: Command) -> Now {
         match self.inner.dispatcher.one_now(command) {
-            Now::Answered(reply) => {
-                Now::Answered(reply.inspect_err(|e| self.inner.telemetry.command_failed(e)))
-            }
+            Now::Answered(reply) => Now::Answered(self.noted(reply)),
             later => later,
         }
     }
@@ -184,11 +178,14 @@ impl Engine {
     /// [`Engine::dispatch_now`] for a grant; see [`Dispatcher::grant_now`].
     pub(crate) fn grant_now(&self, request: GrantRequest) -> GrantedNow {
         match self.inner.dispatcher.grant_now(request) {
-            GrantedNow::Answered(reply) => {
-                GrantedNow::Answered(reply.inspect_err(|e| self.inner.telemetry.command_failed(e)))
-            }
+            GrantedNow::Answered(reply) => GrantedNow::Answered(self.noted(reply)),
             other => other,
         }
+    }
+
+    /// A command's reply, its failure counted (stale epochs, store errors).
+    fn noted(&self, reply: Result<Reply>) -> Result<Reply> {
+        reply.inspect_err(|e| self.inner.telemetry.command_failed(e))
     }
 
     /// Send commands as one batch of their own.
