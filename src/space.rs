@@ -234,8 +234,14 @@ impl Space {
         let config = self.engine.config();
         validate_id("operation id", &grant.operation_id)?;
         validate_name("projection type", &grant.projection_type)?;
-        let owner = grant.owner.unwrap_or_else(|| config.owner.clone());
-        validate_id("owner", &owner)?;
+        let owner = match grant.owner {
+            Some(owner) => {
+                validate_id("owner", &owner)?;
+                owner
+            }
+            // Validated when the engine was built.
+            None => config.owner.clone(),
+        };
         let ttl = crate::lease::check_ttl(config, grant.ttl.unwrap_or(config.default_ttl))?;
         // During a cascade new leases live longer, so live workers do not join it.
         let ttl = self.engine.inner.recovery_mode.extend(ttl);
