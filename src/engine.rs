@@ -193,6 +193,8 @@ impl Engine {
         &self,
         commands: Vec<Command>,
     ) -> Result<Vec<Result<Reply, LeaseError>>, StoreError> {
+        // See `Engine::dispatch`.
+        tokio::task::consume_budget().await;
         let replies = self
             .inner
             .dispatcher

@@ -434,6 +434,18 @@ mod tests {
         assert!(cycles < 200, "the other task waited {cycles} cycles");
 
         let other_ran = other_task();
+        for n in 0..LOG {
+            let grants = vec![Grant::new(format!("many-{n}"), "t")];
+            for lease in space.grant_many(grants).await.unwrap() {
+                lease.unwrap().abandon();
+            }
+        }
+        assert!(
+            other_ran.load(Ordering::SeqCst),
+            "{LOG} calls of grant_many never yielded"
+        );
+
+        let other_ran = other_task();
         let mut reader = space.reader(1);
         for _ in 0..LOG {
             reader.next().await.unwrap();
