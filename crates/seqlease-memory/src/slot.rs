@@ -81,7 +81,9 @@ pub(crate) struct Label(u32);
 
 /// The labels a log repeats on every slot (owners, projection types, operation kinds),
 /// each kept once. A table of one space only grows: an application that makes every
-/// owner unique pays one entry per distinct owner, as it would pay a copy per slot.
+/// owner unique pays one entry per distinct owner, as it would pay a copy per slot, and
+/// the table's doubling (a copy of its entries) then happens under the space's lock, as
+/// the committed index's did before it was split into shards.
 #[derive(Debug, Default)]
 pub(crate) struct Labels {
     known: IndexSet<Box<str>, foldhash::fast::RandomState>,
