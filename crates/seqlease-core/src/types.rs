@@ -17,9 +17,13 @@ use crate::time::Timestamp;
 pub struct Token(pub [u8; 16]);
 
 impl Token {
-    /// A fresh random token.
+    /// A fresh random token: 16 bytes of the thread's CSPRNG (`rand::rng`, ChaCha).
     pub fn random() -> Token {
-        Token(rand::random())
+        // `rand::random::<[u8; 16]>()` would draw a u32 for each byte: four times the
+        // generator's output, and sixteen calls.
+        let mut bytes = [0; 16];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+        Token(bytes)
     }
 
     /// The raw bytes (stored as a 16-byte blob).
@@ -326,4 +330,20 @@ pub struct SpaceInfo {
     pub in_flight: u32,
     /// The configured capacity.
     pub capacity: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_tokens_differ_in_every_byte_position() {
+        let tokens: Vec<Token> = (0..1000).map(|_| Token::random()).collect();
+        let distinct: std::collections::HashSet<_> = tokens.iter().collect();
+        assert_eq!(distinct.len(), tokens.len());
+        for i in 0..16 {
+            let values: std::collections::HashSet<u8> = tokens.iter().map(|t| t.0[i]).collect();
+            assert!(values.len() > 100, "byte {i} took {} values", values.len());
+        }
+    }
 }
