@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use seqlease_core::{
     Command, Fence, GrantRequest, InvalidInput, LeaseError, LeaseRecord, Reply, SpaceInfo,
     SpaceName, validate_id, validate_name,
@@ -18,7 +19,7 @@ use crate::barrier::SpaceSignals;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::group_commit::GrantedNow;
-use crate::lease::Lease;
+use crate::lease::{Lease, LeaseContext};
 use crate::reader::LogReader;
 use crate::telemetry::{EngineTelemetry, SpaceTelemetry};
 
@@ -75,12 +76,27 @@ impl Grant {
 }
 
 /// A handle on one space. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Space {
     engine: Engine,
     name: SpaceName,
     signals: Arc<SpaceSignals>,
     telemetry: Arc<SpaceTelemetry>,
+    /// What this handle's leases of its last projection type share (see [`LeaseContext`]).
+    leases: ArcSwapOption<LeaseContext>,
+}
+
+impl Clone for Space {
+    /// The clone starts with a lease context of its own: handed to another worker, its
+    /// leases then share no reference count with this handle's.
+    fn clone(&self) -> Self {
+        Space::new(
+            self.engine.clone(),
+            self.name.clone(),
+            self.signals.clone(),
+            self.telemetry.clone(),
+        )
+    }
 }
 
 impl Space {
@@ -95,18 +111,36 @@ impl Space {
             name,
             signals,
             telemetry,
+            leases: ArcSwapOption::empty(),
         }
     }
 
     /// A handle on a lease this space just granted.
     fn lease(&self, record: LeaseRecord, requested_at: Instant, ttl: Duration) -> Lease {
-        let telemetry = EngineTelemetry::lease_in(&self.telemetry, &record.projection_type);
-        let lease = Lease::new(self.engine.clone(), record, requested_at, ttl, telemetry);
+        let context = self.lease_context(&record.projection_type);
+        let lease = Lease::new(context, record, requested_at, ttl);
         self.engine
             .inner
             .telemetry
-            .granted(&lease.telemetry, lease.seq(), requested_at);
+            .granted(lease.telemetry(), lease.seq(), requested_at);
         lease
+    }
+
+    /// The context of this handle's leases of `projection_type`: the last one's, or a new
+    /// one that becomes the last.
+    fn lease_context(&self, projection_type: &str) -> Arc<LeaseContext> {
+        if let Some(last) = &*self.leases.load()
+            && *last.projection_type == *projection_type
+        {
+            return last.clone();
+        }
+        let context = Arc::new(LeaseContext {
+            engine: self.engine.clone(),
+            telemetry: EngineTelemetry::lease_in(&self.telemetry, projection_type),
+            projection_type: projection_type.into(),
+        });
+        self.leases.store(Some(context.clone()));
+        context
     }
 
     /// The space's name.
