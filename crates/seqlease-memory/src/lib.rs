@@ -93,10 +93,15 @@ impl MemoryStore {
     ) -> Result<Reply, LeaseError> {
         let command = space::Prepared::new(command, now);
         self.spare.prepare();
-        let epoch_of = |r: &str| self.resources.lock().epoch(r);
+        let epoch_of = |r: &str| self.epoch_of(r);
         space
             .lock()
             .apply(command, now, outcome, &epoch_of, &self.spare)
+    }
+
+    /// The current epoch of `resource`, for fence checks (I9) under a space's lock.
+    fn epoch_of(&self, resource: &str) -> u64 {
+        self.resources.lock().epoch(resource)
     }
 }
 
@@ -138,8 +143,9 @@ impl InlineStore for MemoryStore {
         };
         let grant = PreparedGrant::new(request, now);
         self.spare.prepare();
-        let epoch_of = |r: &str| self.resources.lock().epoch(r);
-        let granting = space.lock().grant(grant, &epoch_of, &self.spare);
+        let granting = space
+            .lock()
+            .grant(grant, &|r| self.epoch_of(r), &self.spare);
         Ok(match granting {
             // A grant resolves nothing: no progress to report.
             Granting::Answered(reply) => GrantNow::Answered(OneOutcome {
@@ -393,12 +399,11 @@ impl Store for MemoryStore {
         let mut outcome = BatchOutcome::default();
         for item in items {
             let reply = match self.space(&item.key.space) {
-                Some(space) => space.lock().commit_late(
-                    item,
-                    now,
-                    &|r| self.resources.lock().epoch(r),
-                    &mut outcome,
-                ),
+                Some(space) => {
+                    space
+                        .lock()
+                        .commit_late(item, now, &|r| self.epoch_of(r), &mut outcome)
+                }
                 None => Err(LeaseError::UnknownSpace {
                     space: item.key.space.clone(),
                 }),
@@ -433,7 +438,7 @@ impl Store for MemoryStore {
     }
 
     async fn resource_epoch(&self, resource: &str) -> Result<u64, StoreError> {
-        Ok(self.resources.lock().epoch(resource))
+        Ok(self.epoch_of(resource))
     }
 
     async fn resource_history(
