@@ -14,6 +14,7 @@
 mod committed;
 mod consumers;
 mod history;
+mod lock;
 mod recovery;
 mod resources;
 mod slot;
@@ -22,8 +23,8 @@ mod spare;
 
 use std::sync::Arc;
 
+use crate::lock::Mutex;
 use async_trait::async_trait;
-use parking_lot::Mutex;
 use seqlease_core::{
     BatchOutcome, BatchingHint, ClaimRequest, Clock, Command, Entry, ExpiredSlot, GrantNow,
     GrantRequest, HistoryQuery, InlineStore, LateCommit, LeaseError, OneOutcome, ParkedAction,
