@@ -7,14 +7,14 @@
 use std::sync::Arc;
 
 use seqlease_core::{
-    Clock, Command, GrantRequest, InvalidInput, LeaseError, Reply, SpaceConfig, SpaceInfo,
-    SpaceName, Store, StoreError, SystemClock, Timestamp, validate_id,
+    Clock, Command, GrantRequest, InvalidInput, LeaseError, LeaseKey, OperationBody, Reply,
+    SpaceConfig, SpaceInfo, SpaceName, Store, StoreError, SystemClock, Timestamp, validate_id,
 };
 
 use crate::barrier::Spaces;
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
-use crate::group_commit::{Dispatcher, GrantedNow, Now};
+use crate::group_commit::{Dispatcher, GrantedNow, Now, PairNow};
 use crate::open::open_store;
 use crate::space::Space;
 use crate::telemetry::{AlertThresholds, EngineTelemetry, Telemetry};
@@ -183,9 +183,38 @@ impl Engine {
         }
     }
 
+    /// [`Engine::dispatch_now`] for a commit and the grant after it; see
+    /// [`Dispatcher::commit_and_grant_now`].
+    pub(crate) fn commit_and_grant_now(
+        &self,
+        key: LeaseKey,
+        body: OperationBody,
+        request: GrantRequest,
+    ) -> PairNow {
+        let pair = self
+            .inner
+            .dispatcher
+            .commit_and_grant_now(key, body, request);
+        // Counted in place: the answers are large, and every move of them is a copy.
+        if let PairNow::Answered(committed, granted) = &pair {
+            self.note(committed);
+            if let GrantedNow::Answered(granted) = granted {
+                self.note(granted);
+            }
+        }
+        pair
+    }
+
     /// A command's reply, its failure counted (stale epochs, store errors).
     fn noted(&self, reply: Result<Reply>) -> Result<Reply> {
-        reply.inspect_err(|e| self.inner.telemetry.command_failed(e))
+        self.note(&reply);
+        reply
+    }
+
+    fn note(&self, reply: &Result<Reply>) {
+        if let Err(e) = reply {
+            self.inner.telemetry.command_failed(e);
+        }
     }
 
     /// Send commands as one batch of their own.

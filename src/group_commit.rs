@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::future::BoxFuture;
 use seqlease_core::{
-    BatchOutcome, Command, GrantNow, GrantRequest, InlineStore, LeaseError, OneOutcome, Reply,
-    Store, StoreError,
+    BatchOutcome, Command, GrantNow, GrantRequest, InlineStore, LeaseError, LeaseKey, OneOutcome,
+    OperationBody, Reply, Store, StoreError,
 };
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -75,6 +75,14 @@ pub(crate) enum GrantedNow {
     AtCapacity(GrantRequest, LeaseError),
     /// It must go through [`Dispatcher::one`], as [`Now::Later`].
     Later(GrantRequest),
+}
+
+/// What [`Dispatcher::commit_and_grant_now`] did with a commit and the grant after it.
+pub(crate) enum PairNow {
+    /// The store applied both on the caller's thread: the commit's reply, and the grant's.
+    Answered(Result<Reply>, GrantedNow),
+    /// They must go through [`Dispatcher::many`], as one run.
+    Later(LeaseKey, OperationBody, GrantRequest),
 }
 
 /// What [`Dispatcher::one_now`] did with a command.
@@ -197,10 +205,38 @@ impl Dispatcher {
     /// [`Dispatcher::one_now`] for a grant, except that a grant refused for capacity comes
     /// back with the refusal (see [`InlineStore::grant_now`]).
     pub(crate) fn grant_now(&self, request: GrantRequest) -> GrantedNow {
+        match self.inline() {
+            Some(store) => self.granted(store.grant_now(request)),
+            None => GrantedNow::Later(request),
+        }
+    }
+
+    /// A commit followed by a grant, both applied on the caller's thread when the store can
+    /// (see [`InlineStore::commit_and_grant_now`]); otherwise handed back for
+    /// [`Dispatcher::many`].
+    pub(crate) fn commit_and_grant_now(
+        &self,
+        key: LeaseKey,
+        body: OperationBody,
+        request: GrantRequest,
+    ) -> PairNow {
         let Some(store) = self.inline() else {
-            return GrantedNow::Later(request);
+            return PairNow::Later(key, body, request);
         };
-        match store.grant_now(request) {
+        match store.commit_and_grant_now(key, body, request) {
+            Ok((committed, granted)) => {
+                PairNow::Answered(self.answer(Ok(committed)), self.granted(Ok(granted)))
+            }
+            Err(e) => {
+                let e = Error::from(e);
+                PairNow::Answered(Err(e.clone()), GrantedNow::Answered(Err(e)))
+            }
+        }
+    }
+
+    /// What the store's synchronous grant did, as [`Dispatcher::grant_now`] answers it.
+    fn granted(&self, granted: std::result::Result<GrantNow, StoreError>) -> GrantedNow {
+        match granted {
             Ok(GrantNow::AtCapacity { request, refusal }) => {
                 GrantedNow::AtCapacity(request, refusal)
             }

@@ -221,11 +221,7 @@ impl Lease {
     /// `AlreadyCommitted`. If the operation id is already committed elsewhere in the space,
     /// the answer points there and this slot becomes a superseded gap (I6).
     pub async fn commit(&mut self, body: OperationBody) -> Result<CommitOutcome> {
-        check_payload(
-            self.engine().config(),
-            "operation payload",
-            body.payload.len(),
-        )?;
+        self.check_commit(&body)?;
         // See `Engine::dispatch`: a store that answers on this thread never yields.
         tokio::task::consume_budget().await;
         let started = Instant::now();
@@ -238,6 +234,25 @@ impl Lease {
             Now::Answered(reply) => reply,
             Now::Later(command) => self.engine().dispatch_later(command).instrument(span).await,
         };
+        self.settle_commit(reply, started)
+    }
+
+    /// Refuse a body the engine would not send (over the payload limit).
+    pub(crate) fn check_commit(&self, body: &OperationBody) -> Result<()> {
+        check_payload(
+            self.engine().config(),
+            "operation payload",
+            body.payload.len(),
+        )?;
+        Ok(())
+    }
+
+    /// The store's reply to a commit sent at `started`, noted on the handle and counted.
+    pub(crate) fn settle_commit(
+        &mut self,
+        reply: Result<Reply>,
+        started: Instant,
+    ) -> Result<CommitOutcome> {
         match self.note_refusal(reply)? {
             Reply::Committed(outcome) => {
                 self.finished = true;

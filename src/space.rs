@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use seqlease_core::{
-    Command, Fence, GrantRequest, InvalidInput, LeaseError, LeaseRecord, Reply, SpaceInfo,
-    SpaceName, validate_id, validate_name,
+    Command, CommitOutcome, Fence, GrantRequest, InvalidInput, LeaseError, LeaseKey, LeaseRecord,
+    OperationBody, Reply, SpaceInfo, SpaceName, validate_id, validate_name,
 };
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::barrier::SpaceSignals;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::group_commit::GrantedNow;
+use crate::group_commit::{GrantedNow, PairNow};
 use crate::lease::{Lease, LeaseContext};
 use crate::reader::LogReader;
 use crate::telemetry::{EngineTelemetry, SpaceTelemetry};
@@ -167,10 +167,22 @@ impl Space {
         let deadline = Instant::now() + timeout;
         // Try once before arming the wake-up: most grants find capacity, and arming costs
         // every grant the wake-up's shared counter.
-        let mut request = match self.attempt(request, true).await {
-            Attempt::Done(lease) => return lease,
-            Attempt::AtCapacity(request, _) => request,
-        };
+        match self.attempt(request, true).await {
+            Attempt::Done(lease) => lease,
+            Attempt::AtCapacity(request, _) => {
+                self.wait_for_capacity(request, deadline, timeout).await
+            }
+        }
+    }
+
+    /// Try `request`, refused for capacity, again whenever a slot is freed, until
+    /// `deadline` (`timeout` after the first try).
+    async fn wait_for_capacity(
+        &self,
+        mut request: GrantRequest,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Lease> {
         loop {
             // Arm, then try: a slot freed after the arming wakes us, one freed before it is
             // seen by this try.
@@ -231,13 +243,111 @@ impl Space {
                     .await
             }
         };
-        Attempt::Done(reply.and_then(|reply| match reply {
-            Reply::Granted(record) => {
-                span.record("seq", record.seq);
-                Ok(self.lease(record, started, ttl))
-            }
+        let lease = self.granted(reply, started, ttl);
+        if let Ok(lease) = &lease {
+            span.record("seq", lease.seq());
+        }
+        Attempt::Done(lease)
+    }
+
+    /// The handle on a lease the store answered a grant sent at `started` with.
+    fn granted(&self, reply: Result<Reply>, started: Instant, ttl: Duration) -> Result<Lease> {
+        reply.and_then(|reply| match reply {
+            Reply::Granted(record) => Ok(self.lease(record, started, ttl)),
             other => unreachable_reply("grant", other),
-        }))
+        })
+    }
+
+    /// Commit `lease`'s operation and lease the next slot of this space in one store call:
+    /// a worker that loops grant → work → commit pays one round trip per operation instead
+    /// of two, and stores that batch (SQLite, PostgreSQL) write both in one transaction.
+    ///
+    /// The two answers are independent, as if [`Lease::commit`] and [`Space::grant`] had
+    /// been called one after the other: a refused commit (expired, wrong token, a duplicate
+    /// operation) does not stop the grant, and the place the commit frees counts for it,
+    /// so a space at capacity still grants the next lease. With [`Grant::wait`], a grant
+    /// refused for capacity waits as [`Space::grant`] does. `lease` may belong to another
+    /// space (then the commit and the grant are applied one after the other).
+    ///
+    /// The outer error is one that stopped the call before either answer: an invalid grant
+    /// or payload (nothing was sent), or a store failure (as with [`Lease::commit`], the
+    /// commit may have been applied; a retry answers `AlreadyCommitted`).
+    pub async fn commit_and_grant(
+        &self,
+        lease: &mut Lease,
+        body: OperationBody,
+        next: Grant,
+    ) -> Result<(Result<CommitOutcome>, Result<Lease>)> {
+        lease.check_commit(&body)?;
+        let wait = next.wait;
+        let request = self.request(next)?;
+        // See `Engine::dispatch`: a store that answers on this thread never yields.
+        tokio::task::consume_budget().await;
+        let started = Instant::now();
+        let ttl = request.ttl;
+        let span = tracing::info_span!(target: "seqlease", "seqlease.commit_and_grant", space = %lease.space(), seq = lease.seq(), next = tracing::field::Empty);
+        let key = lease.key();
+        let (committed, granted) =
+            match span.in_scope(|| self.engine.commit_and_grant_now(key, body, request)) {
+                PairNow::Answered(committed, granted) => (committed, granted),
+                // Boxed, as the waits below: the store's own I/O dwarfs an allocation, and
+                // the future of this call stays small for the synchronous path.
+                PairNow::Later(key, body, request) => {
+                    Box::pin(
+                        self.commit_and_grant_later(key, body, request, wait.is_some())
+                            .instrument(span.clone()),
+                    )
+                    .await?
+                }
+            };
+        let committed = lease.settle_commit(committed, started);
+        let attempt = match granted {
+            GrantedNow::Answered(reply) => Attempt::Done(self.granted(reply, started, ttl)),
+            GrantedNow::AtCapacity(request, refusal) => Attempt::AtCapacity(request, refusal),
+            // Not applied with the commit: sent on its own.
+            GrantedNow::Later(request) => Box::pin(self.attempt(request, wait.is_some())).await,
+        };
+        let next = match (attempt, wait) {
+            (Attempt::Done(lease), _) => lease,
+            (Attempt::AtCapacity(request, _), Some(timeout)) => {
+                Box::pin(self.wait_for_capacity(request, started + timeout, timeout)).await
+            }
+            (Attempt::AtCapacity(_, refusal), None) => Err(refusal.into()),
+        };
+        if let Ok(next) = &next {
+            span.record("next", next.seq());
+        }
+        Ok((committed, next))
+    }
+
+    /// The commit and the grant as one run through the dispatcher (group commit joins it
+    /// to a batch). With `retry`, a grant refused for capacity comes back for
+    /// [`Space::wait_for_capacity`].
+    async fn commit_and_grant_later(
+        &self,
+        key: LeaseKey,
+        body: OperationBody,
+        request: GrantRequest,
+        retry: bool,
+    ) -> Result<(Result<Reply>, GrantedNow)> {
+        let kept = retry.then(|| request.clone());
+        let run = vec![Command::Commit { key, body }, Command::Grant(request)];
+        let mut replies = self.engine.dispatch_many(run).await?.into_iter();
+        let (Some(committed), Some(granted), None) =
+            (replies.next(), replies.next(), replies.next())
+        else {
+            return Err(Error::Store(seqlease_core::StoreError::Backend {
+                backend: "engine",
+                detail: "store answered a run of two commands with another number of replies; this is a bug in the store".into(),
+            }));
+        };
+        let granted = match (granted, kept) {
+            (Err(refusal @ LeaseError::AtCapacity { .. }), Some(request)) => {
+                GrantedNow::AtCapacity(request, refusal)
+            }
+            (reply, _) => GrantedNow::Answered(reply.map_err(Error::from)),
+        };
+        Ok((committed.map_err(Error::from), granted))
     }
 
     /// Lease several slots in one store transaction. Each grant succeeds or fails on its

@@ -53,6 +53,7 @@ macro_rules! conformance_suite {
             execute_one_answers_as_a_batch_of_one,
             inline_execution_answers_as_execute_one,
             inline_grant_hands_back_a_request_refused_for_capacity,
+            commit_and_grant_chains_leases_in_one_call,
         );
         #[test]
         fn model_random_sequences_match_reference() {

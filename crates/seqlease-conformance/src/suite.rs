@@ -1432,3 +1432,122 @@ pub async fn inline_grant_hands_back_a_request_refused_for_capacity(h: &dyn Harn
         other => panic!("a grant in an unknown space answered {other:?}"),
     }
 }
+
+/// `Space::commit_and_grant` commits a lease and leases the next slot in one call. The
+/// commit's freed place counts for the grant (capacity 1); the two answers are independent
+/// (an expired lease's refused commit still answers the grant, which then waits for
+/// capacity with `Grant::wait` and is refused without); an invalid next grant sends
+/// nothing; and 16 tasks chaining it leave a contiguous log with every operation once
+/// (I1, I6, I7).
+pub async fn commit_and_grant_chains_leases_in_one_call(h: &dyn Harness) {
+    let fx = h.fresh().await;
+    let engine = fx.engine().await;
+    let s = engine
+        .space_with("pair", SpaceConfig { capacity: 1 })
+        .await
+        .unwrap();
+    let mut first = s.grant(Grant::new("op-1", "t")).await.unwrap();
+    let (committed, next) = s
+        .commit_and_grant(&mut first, body(1), Grant::new("op-2", "t"))
+        .await
+        .unwrap();
+    assert_eq!(
+        committed.unwrap(),
+        seqlease::CommitOutcome {
+            seq: 1,
+            status: CommitStatus::Committed
+        }
+    );
+    let mut second = next.expect("at capacity 1 the commit's place is the grant's");
+    assert_eq!((second.seq(), second.operation_id()), (2, "op-2"));
+    assert!(
+        matches!(
+            s.commit_and_grant(&mut second, body(2), Grant::new("", "t"))
+                .await,
+            Err(Error::Invalid(_))
+        ),
+        "an invalid next grant is refused before anything is sent"
+    );
+    let info = s.info().await.unwrap();
+    assert_eq!((info.watermark, info.last_seq), (1, 2), "nothing was sent");
+    let (committed, next) = s
+        .commit_and_grant(&mut second, body(2), Grant::new("op-3", "t"))
+        .await
+        .unwrap();
+    assert_eq!(committed.unwrap().seq, 2);
+    next.unwrap().commit(body(3)).await.unwrap();
+    assert_eq!(s.info().await.unwrap().watermark, 3);
+
+    // An expired lease: its commit is refused, its place still taken.
+    let s = engine
+        .space_with("pair-refused", SpaceConfig { capacity: 2 })
+        .await
+        .unwrap();
+    let mut stale = s.grant(Grant::new("stale", "t").ttl(TTL)).await.unwrap();
+    fx.advance(TTL + Duration::from_secs(1));
+    let mut live = s.grant(Grant::new("live", "t")).await.unwrap();
+    let (committed, next) = s
+        .commit_and_grant(&mut stale, body(1), Grant::new("refused", "t"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            committed,
+            Err(Error::Lease(LeaseError::Expired { seq: 1, .. }))
+        ),
+        "I3: an expired lease's commit: {committed:?}"
+    );
+    assert!(
+        matches!(next, Err(Error::Lease(LeaseError::AtCapacity { .. }))),
+        "without a wait the grant is refused for capacity: {next:?}"
+    );
+    let waiting = s.commit_and_grant(&mut stale, body(1), Grant::new("waited", "t").wait(SOON));
+    let (pair, freed) = tokio::join!(waiting, live.commit(body(2)));
+    freed.unwrap();
+    let (committed, next) = pair.unwrap();
+    assert!(matches!(
+        committed,
+        Err(Error::Lease(LeaseError::Expired { .. }))
+    ));
+    let mut waited = next.expect("the wait ends when the live lease commits");
+    assert_eq!(waited.operation_id(), "waited");
+    waited.commit(body(3)).await.unwrap();
+
+    // Many tasks chaining leases.
+    let s = engine
+        .space_with("pair-chains", SpaceConfig { capacity: 64 })
+        .await
+        .unwrap();
+    const LINKS: usize = 10;
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lease = s.grant(Grant::new(format!("c{t}-0"), "t")).await.unwrap();
+            for n in 1..=LINKS {
+                let next = Grant::new(format!("c{t}-{n}"), "t").wait(SOON);
+                let (committed, next) =
+                    s.commit_and_grant(&mut lease, body(n), next).await.unwrap();
+                committed.unwrap();
+                lease = next.unwrap();
+            }
+            lease.commit(body(0)).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total = (TASKS * (LINKS + 1)) as u64;
+    assert_eq!(s.info().await.unwrap().watermark, total, "I7");
+    let entries = read_all(&s).await;
+    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>(), "I1");
+    let ids: HashSet<String> = entries
+        .iter()
+        .map(|e| match &e.content {
+            EntryContent::Operation(op) => op.operation_id.clone(),
+            other => panic!("every slot is committed: {other:?}"),
+        })
+        .collect();
+    assert_eq!(ids.len() as u64, total, "I6: each operation once");
+}

@@ -56,7 +56,7 @@
 
 use async_trait::async_trait;
 
-use crate::command::{BatchOutcome, Command, OneOutcome, SpaceProgress};
+use crate::command::{BatchOutcome, Command, LeaseKey, OneOutcome, SpaceProgress};
 use crate::consumer::{ConsumerError, ConsumerState, RetentionEvent};
 use crate::error::{LeaseError, StoreError};
 use crate::history::{HistoryQuery, SlotEvent};
@@ -479,6 +479,21 @@ pub trait InlineStore: Send + Sync {
     /// waits for capacity tries the same request again, so it need not copy the request
     /// (three strings) before every attempt.
     fn grant_now(&self, request: GrantRequest) -> Result<GrantNow, StoreError>;
+
+    /// Commit `body` under `key`, then grant `request`, now: what `execute_now` of the
+    /// commit followed by `grant_now` answer, each on its own (a refused commit does not
+    /// stop the grant, and the commit's freed place counts for the grant). A store may
+    /// apply both under one lock; this default applies them one after the other. On a
+    /// store error the commit may have been applied (a retry answers `AlreadyCommitted`).
+    fn commit_and_grant_now(
+        &self,
+        key: LeaseKey,
+        body: OperationBody,
+        request: GrantRequest,
+    ) -> Result<(OneOutcome, GrantNow), StoreError> {
+        let committed = self.execute_now(Command::Commit { key, body })?;
+        Ok((committed, self.grant_now(request)?))
+    }
 }
 
 /// What [`InlineStore::grant_now`] did.
