@@ -272,6 +272,26 @@ impl Space {
     /// The outer error is one that stopped the call before either answer: an invalid grant
     /// or payload (nothing was sent), or a store failure (as with [`Lease::commit`], the
     /// commit may have been applied; a retry answers `AlreadyCommitted`).
+    ///
+    /// ```
+    /// use seqlease::{Engine, Grant, OperationBody};
+    ///
+    /// # async fn demo() -> Result<(), seqlease::Error> {
+    /// let engine = Engine::open("memory").await?;
+    /// let space = engine.space("orders").await?;
+    /// let mut lease = space.grant(Grant::new("event-1", "order-status")).await?;
+    /// for n in 2..=3 {
+    ///     let body = OperationBody::new("update", format!("event {}", n - 1));
+    ///     let next = Grant::new(format!("event-{n}"), "order-status");
+    ///     let (committed, next) = space.commit_and_grant(&mut lease, body, next).await?;
+    ///     assert_eq!(committed?.seq, lease.seq());
+    ///     lease = next?;
+    /// }
+    /// lease.commit(OperationBody::new("update", "event 3")).await?;
+    /// assert_eq!(space.watermark(), 3);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+    /// ```
     pub async fn commit_and_grant(
         &self,
         lease: &mut Lease,

@@ -131,6 +131,36 @@ fn bench_prints_the_fields_dashboards_read() {
     );
 }
 
+/// `bench --pipeline` commits every lease it grants, the last one included: the file it
+/// ran on holds one committed entry per cycle it reports, and nothing is left leased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_bench_commits_every_lease_it_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("pipe.db").display());
+    let args = ["bench", "--db", &url, "--workers", "4", "--duration", "1"];
+    let report = json_of(dir.path(), &[&args[..], &["--pipeline", "--json"]].concat());
+    assert_eq!(report["pipeline"], true, "{report}");
+    let cycles = count(&report, "cycles");
+    assert!(cycles > 0, "{report}");
+    let engine = Engine::builder().url(&url).build().await.unwrap();
+    let spaces = engine.store().list_spaces().await.unwrap();
+    let [space] = &spaces[..] else {
+        panic!("one bench space: {spaces:?}");
+    };
+    assert_eq!(
+        (space.last_seq, space.watermark, space.in_flight),
+        (cycles, cycles, 0),
+        "{space:?}"
+    );
+    drop(engine);
+
+    let refused = refusal_of(
+        dir.path(),
+        &[&args[..], &["--pipeline", "--leases", "2"]].concat(),
+    );
+    assert!(refused.contains("--leases 1"), "{refused}");
+}
+
 /// Leaves two expired leases in a SQLite file, one of them with recorded partial work.
 /// The leases are granted on a manual clock that stands at 2026-01-01, so their deadlines
 /// have passed for the real clock the CLI runs on: no waiting for a TTL.
