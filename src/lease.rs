@@ -34,7 +34,7 @@ use crate::telemetry::LeaseTelemetry;
 /// A held sequence lease. See the module docs.
 #[derive(Debug)]
 pub struct Lease {
-    context: Arc<LeaseContext>,
+    pub(crate) context: Arc<LeaseContext>,
     record: LeaseRecord,
     local_deadline: Instant,
     /// Set once the slot is committed, released, or known to be out of our hands.

@@ -4,7 +4,7 @@
 //! several in one store round trip); readers call [`Space::watermark`],
 //! [`Space::wait_for`] and [`Space::reader`].
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -82,8 +82,11 @@ pub struct Space {
     name: SpaceName,
     signals: Arc<SpaceSignals>,
     telemetry: Arc<SpaceTelemetry>,
-    /// What this handle's leases of its last projection type share (see [`LeaseContext`]).
-    leases: ArcSwapOption<LeaseContext>,
+    /// What this handle's leases share (see [`LeaseContext`]): the context of the first
+    /// projection type it granted, set once (one atomic load to read it), and that of the
+    /// last other type.
+    first_leases: OnceLock<Arc<LeaseContext>>,
+    other_leases: ArcSwapOption<LeaseContext>,
 }
 
 impl Clone for Space {
@@ -111,7 +114,8 @@ impl Space {
             name,
             signals,
             telemetry,
-            leases: ArcSwapOption::empty(),
+            first_leases: OnceLock::new(),
+            other_leases: ArcSwapOption::empty(),
         }
     }
 
@@ -126,21 +130,31 @@ impl Space {
         lease
     }
 
-    /// The context of this handle's leases of `projection_type`: the last one's, or a new
-    /// one that becomes the last.
+    /// The context of this handle's leases of `projection_type`: the first type's, the
+    /// last other type's, or a new one that becomes the last other type's.
     fn lease_context(&self, projection_type: &str) -> Arc<LeaseContext> {
-        if let Some(last) = &*self.leases.load()
+        let first = self
+            .first_leases
+            .get_or_init(|| self.new_lease_context(projection_type));
+        if *first.projection_type == *projection_type {
+            return first.clone();
+        }
+        if let Some(last) = &*self.other_leases.load()
             && *last.projection_type == *projection_type
         {
             return last.clone();
         }
-        let context = Arc::new(LeaseContext {
+        let context = self.new_lease_context(projection_type);
+        self.other_leases.store(Some(context.clone()));
+        context
+    }
+
+    fn new_lease_context(&self, projection_type: &str) -> Arc<LeaseContext> {
+        Arc::new(LeaseContext {
             engine: self.engine.clone(),
             telemetry: EngineTelemetry::lease_in(&self.telemetry, projection_type),
             projection_type: projection_type.into(),
-        });
-        self.leases.store(Some(context.clone()));
-        context
+        })
     }
 
     /// The space's name.
@@ -630,5 +644,28 @@ mod tests {
             other_ran.load(Ordering::SeqCst),
             "a consumer of {LOG} batches never yielded"
         );
+    }
+
+    /// A handle keeps its first projection type's lease context for good and its last
+    /// other type's while that type repeats: leases of one type share one context, and
+    /// each lease's context is its own type's.
+    #[tokio::test]
+    async fn a_handle_reuses_the_lease_context_of_its_first_and_last_other_type() {
+        let engine = Engine::open("memory").await.unwrap();
+        let space = engine.space("contexts").await.unwrap();
+        let mut contexts = Vec::new();
+        for (n, kind) in ["a", "b", "b", "a", "c", "a"].into_iter().enumerate() {
+            let mut lease = space
+                .grant(Grant::new(format!("op-{n}"), kind))
+                .await
+                .unwrap();
+            assert_eq!(&*lease.context.projection_type, kind);
+            contexts.push(lease.context.clone());
+            lease.commit(OperationBody::new("k", vec![])).await.unwrap();
+        }
+        let same = |i: usize, j: usize| Arc::ptr_eq(&contexts[i], &contexts[j]);
+        assert!(same(0, 3) && same(0, 5), "the first type's context is kept");
+        assert!(same(1, 2), "the last other type's context is reused");
+        assert!(!same(1, 4) && !same(0, 4), "a new type gets its own");
     }
 }
