@@ -1437,8 +1437,8 @@ pub async fn inline_grant_hands_back_a_request_refused_for_capacity(h: &dyn Harn
 /// commit's freed place counts for the grant (capacity 1); the two answers are independent
 /// (an expired lease's refused commit still answers the grant, which then waits for
 /// capacity with `Grant::wait` and is refused without); an invalid next grant sends
-/// nothing; and 16 tasks chaining it leave a contiguous log with every operation once
-/// (I1, I6, I7).
+/// nothing; a lease of another space is committed there; and 16 tasks chaining it leave a
+/// contiguous log with every operation once (I1, I6, I7).
 pub async fn commit_and_grant_chains_leases_in_one_call(h: &dyn Harness) {
     let fx = h.fresh().await;
     let engine = fx.engine().await;
@@ -1512,6 +1512,19 @@ pub async fn commit_and_grant_chains_leases_in_one_call(h: &dyn Harness) {
     let mut waited = next.expect("the wait ends when the live lease commits");
     assert_eq!(waited.operation_id(), "waited");
     waited.commit(body(3)).await.unwrap();
+
+    // A lease of another space: committed there, the next lease granted here.
+    let other = space(&engine, "pair-other").await;
+    let mut elsewhere = other.grant(Grant::new("there", "t")).await.unwrap();
+    let (committed, next) = s
+        .commit_and_grant(&mut elsewhere, body(4), Grant::new("here", "t"))
+        .await
+        .unwrap();
+    assert_eq!(committed.unwrap().seq, 1);
+    assert_eq!(other.info().await.unwrap().watermark, 1);
+    let mut here = next.unwrap();
+    assert_eq!((here.space(), here.seq()), (s.name(), 4));
+    here.commit(body(5)).await.unwrap();
 
     // Many tasks chaining leases.
     let s = engine

@@ -40,7 +40,9 @@ pub use resource::{
     ResourceCommand, ResourceEvent, ResourceEventKind, ResourceLease, ResourceQuery, ResourceReply,
 };
 pub use snapshot::SnapshotMap;
-pub use store::{BatchingHint, GrantNow, InlineStore, ProgressListener, SlotView, Store};
+pub use store::{
+    BatchingHint, GrantNow, InlineStore, ProgressListener, SlotView, Store, commit_then_grant_now,
+};
 pub use time::{Clock, ManualClock, SystemClock, TimeControl, Timestamp};
 pub use types::{
     Entry, EntryContent, Fence, Gap, GapReason, GrantRequest, LeaseRecord, Operation,

@@ -491,9 +491,21 @@ pub trait InlineStore: Send + Sync {
         body: OperationBody,
         request: GrantRequest,
     ) -> Result<(OneOutcome, GrantNow), StoreError> {
-        let committed = self.execute_now(Command::Commit { key, body })?;
-        Ok((committed, self.grant_now(request)?))
+        commit_then_grant_now(self, key, body, request)
     }
+}
+
+/// [`InlineStore::commit_and_grant_now`] as two calls, the commit's and then the grant's:
+/// the default, and what a store that holds one lock per space does when the lease and the
+/// grant are in different spaces.
+pub fn commit_then_grant_now<S: InlineStore + ?Sized>(
+    store: &S,
+    key: LeaseKey,
+    body: OperationBody,
+    request: GrantRequest,
+) -> Result<(OneOutcome, GrantNow), StoreError> {
+    let committed = store.execute_now(Command::Commit { key, body })?;
+    Ok((committed, store.grant_now(request)?))
 }
 
 /// What [`InlineStore::grant_now`] did.

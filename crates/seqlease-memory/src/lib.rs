@@ -159,8 +159,7 @@ impl InlineStore for MemoryStore {
         request: GrantRequest,
     ) -> Result<(OneOutcome, GrantNow), StoreError> {
         if key.space != request.space {
-            let committed = self.execute_now(Command::Commit { key, body })?;
-            return Ok((committed, self.grant_now(request)?));
+            return seqlease_core::commit_then_grant_now(self, key, body, request);
         }
         let now = self.clock.now();
         let spaces = self.spaces.load();
