@@ -1526,9 +1526,16 @@ pub async fn commit_and_grant_chains_leases_in_one_call(h: &dyn Harness) {
     assert_eq!((here.space(), here.seq()), (s.name(), 4));
     here.commit(body(5)).await.unwrap();
 
-    // Many tasks chaining leases.
+    // Many tasks chaining leases, the space full all along: each task holds one lease, so
+    // every grant fits only because its own commit, sent first, freed a place. No wait:
+    // a batch that weighed a grant before the commit in front of it fails this.
     let s = engine
-        .space_with("pair-chains", SpaceConfig { capacity: 64 })
+        .space_with(
+            "pair-chains",
+            SpaceConfig {
+                capacity: TASKS as u32,
+            },
+        )
         .await
         .unwrap();
     const LINKS: usize = 10;
@@ -1538,7 +1545,7 @@ pub async fn commit_and_grant_chains_leases_in_one_call(h: &dyn Harness) {
         tasks.push(tokio::spawn(async move {
             let mut lease = s.grant(Grant::new(format!("c{t}-0"), "t")).await.unwrap();
             for n in 1..=LINKS {
-                let next = Grant::new(format!("c{t}-{n}"), "t").wait(SOON);
+                let next = Grant::new(format!("c{t}-{n}"), "t");
                 let (committed, next) =
                     s.commit_and_grant(&mut lease, body(n), next).await.unwrap();
                 committed.unwrap();
