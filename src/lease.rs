@@ -35,7 +35,8 @@ use crate::telemetry::LeaseTelemetry;
 #[derive(Debug)]
 pub struct Lease {
     pub(crate) context: Arc<LeaseContext>,
-    record: LeaseRecord,
+    /// Boxed as the store's reply brought it (see `Reply::Granted`).
+    record: Box<LeaseRecord>,
     local_deadline: Instant,
     /// Set once the slot is committed, released, or known to be out of our hands.
     finished: bool,
@@ -56,7 +57,7 @@ pub(crate) struct LeaseContext {
 impl Lease {
     pub(crate) fn new(
         context: Arc<LeaseContext>,
-        record: LeaseRecord,
+        record: Box<LeaseRecord>,
         requested_at: Instant,
         ttl: Duration,
     ) -> Self {

@@ -120,7 +120,7 @@ impl Space {
     }
 
     /// A handle on a lease this space just granted.
-    fn lease(&self, record: LeaseRecord, requested_at: Instant, ttl: Duration) -> Lease {
+    fn lease(&self, record: Box<LeaseRecord>, requested_at: Instant, ttl: Duration) -> Lease {
         let context = self.lease_context(&record.projection_type);
         let lease = Lease::new(context, record, requested_at, ttl);
         self.engine

@@ -116,8 +116,9 @@ pub enum ReleaseOutcome {
 /// One command's successful result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
-    /// A lease.
-    Granted(LeaseRecord),
+    /// A lease. Boxed: a reply travels through several hands before it becomes a
+    /// lease handle, and each move of an unboxed record was a 160-byte copy.
+    Granted(Box<LeaseRecord>),
     /// The new expiry.
     Renewed {
         /// New expiry (store clock).

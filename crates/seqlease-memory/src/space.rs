@@ -371,7 +371,8 @@ impl Granting {
 /// A grant's lease record (the reply) and the slot's own copy of its operation id. The seq
 /// is set under the lock.
 pub(crate) struct PreparedGrant {
-    reply: LeaseRecord,
+    /// Boxed before the lock is taken: the reply is handed on boxed (`Reply::Granted`).
+    reply: Box<LeaseRecord>,
     operation_id: Box<str>,
     /// As requested, to give the request back unchanged when there is no capacity.
     ttl: Duration,
@@ -387,7 +388,7 @@ impl PreparedGrant {
             owner,
             fence,
             ..
-        } = self.reply;
+        } = *self.reply;
         GrantRequest {
             space,
             operation_id,
@@ -399,7 +400,7 @@ impl PreparedGrant {
     }
 
     pub(crate) fn new(req: GrantRequest, now: Timestamp) -> Self {
-        let reply = LeaseRecord {
+        let reply = Box::new(LeaseRecord {
             space: req.space,
             seq: 0,
             token: Token::random(),
@@ -410,7 +411,7 @@ impl PreparedGrant {
             leased_at: now,
             expires_at: now.plus(req.ttl),
             renewals: 0,
-        };
+        });
         PreparedGrant {
             operation_id: reply.operation_id.as_str().into(),
             reply,

@@ -490,7 +490,7 @@ impl Batch {
                 leased_at: now,
             },
         );
-        Ok(Ok(Reply::Granted(record)))
+        Ok(Ok(Reply::Granted(Box::new(record))))
     }
 
     /// Find the slot of `key` and run the lease checks in contract order. `Ok(Err(..))`

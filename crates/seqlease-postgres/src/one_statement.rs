@@ -302,7 +302,7 @@ fn outcome(
         let reply = match command {
             Command::Grant(req) => {
                 seq += 1;
-                Reply::Granted(LeaseRecord {
+                Reply::Granted(Box::new(LeaseRecord {
                     space: space.clone(),
                     seq,
                     token: tokens.next().expect("plan() drew a token per grant"),
@@ -313,7 +313,7 @@ fn outcome(
                     leased_at: Timestamp(now),
                     expires_at: Timestamp(now.saturating_add(duration_micros(req.ttl))),
                     renewals: 0,
-                })
+                }))
             }
             Command::Commit { key, .. } => {
                 outcome.note_freed(space);

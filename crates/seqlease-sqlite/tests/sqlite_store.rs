@@ -76,7 +76,7 @@ fn commit(lease: &LeaseRecord, payload: &str) -> Command {
 
 fn granted(reply: &Result<Reply, LeaseError>) -> LeaseRecord {
     match reply {
-        Ok(Reply::Granted(lease)) => lease.clone(),
+        Ok(Reply::Granted(lease)) => (**lease).clone(),
         other => panic!("expected a grant, got {other:?}"),
     }
 }

@@ -228,7 +228,7 @@ impl Plan {
                 resolution: None,
             },
         );
-        Ok(Reply::Granted(lease))
+        Ok(Reply::Granted(Box::new(lease)))
     }
 
     fn renew(&mut self, key: &LeaseKey, ttl: Duration) -> Result<Reply, LeaseError> {
