@@ -14,6 +14,7 @@
 mod committed;
 mod consumers;
 mod history;
+mod leased;
 mod lock;
 mod recovery;
 mod resources;

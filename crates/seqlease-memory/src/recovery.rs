@@ -22,7 +22,7 @@ impl SpaceState {
         now: Timestamp,
         cleaner: Option<&'a str>,
     ) -> impl Iterator<Item = u64> + 'a {
-        self.leased.iter().copied().filter(move |&seq| {
+        self.leased.iter().filter(move |&seq| {
             let Some(slot) = self.slots.get(seq) else {
                 return false;
             };
@@ -38,7 +38,7 @@ impl SpaceState {
     }
 
     pub(crate) fn claim(&mut self, req: &ClaimRequest, now: Timestamp) -> Vec<ExpiredSlot> {
-        let other_cleaner_busy = self.leased.iter().any(|&seq| {
+        let other_cleaner_busy = self.leased.iter().any(|seq| {
             self.slots
                 .get(seq)
                 .and_then(Slot::claim)

@@ -1,9 +1,9 @@
 //! One space of the in-memory store: its slots and the rules of the slot life cycle.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::committed::CommittedIndex;
+use crate::leased::LeasedSeqs;
 use crate::slot::{Content, Labels, Slot, SlotLease};
 use crate::spare::{CHUNK, SpareChunk};
 
@@ -22,7 +22,7 @@ pub(crate) struct SpaceState {
     pub(crate) capacity: u32,
     pub(crate) watermark: u64,
     /// The LEASED seqs, ascending (their count is the in-flight count).
-    pub(crate) leased: BTreeSet<u64>,
+    pub(crate) leased: LeasedSeqs,
     /// Every slot, seqs contiguous from 1.
     pub(crate) slots: Slots,
     /// operation id → seq of its committed entry (I6).
@@ -43,7 +43,7 @@ impl SpaceState {
             name,
             capacity: config.capacity,
             watermark: 0,
-            leased: BTreeSet::new(),
+            leased: LeasedSeqs::default(),
             events: Default::default(),
             slots: Slots::default(),
             committed: CommittedIndex::default(),
@@ -130,7 +130,7 @@ impl SpaceState {
             self.slots.add_chunk(chunk);
         }
         self.slots.push(Slot::leased(lease));
-        self.leased.insert(seq);
+        self.leased.push_newest(seq);
         Granting::Answered(Ok(Reply::Granted(reply)))
     }
 
@@ -234,7 +234,7 @@ impl SpaceState {
             .get_mut(seq)
             .expect("resolve is called on a granted slot")
             .resolve(now, content);
-        self.leased.remove(&seq);
+        self.leased.remove(seq);
         while self
             .slots
             .get(self.watermark + 1)
