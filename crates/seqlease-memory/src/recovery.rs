@@ -61,7 +61,7 @@ impl SpaceState {
                 cleaner: req.cleaner.clone(),
                 expires_at: now.plus(req.ttl),
             };
-            slot.attempts += 1;
+            slot.lease.attempts += 1;
             claimed.push(ExpiredSlot {
                 lease: LeaseRecord {
                     token: Token([0; 16]),
@@ -75,11 +75,11 @@ impl SpaceState {
                 claim_expires_at: claim.expires_at,
                 partial: slot.partial().cloned(),
                 result: slot.result().cloned(),
-                attempts: slot.attempts,
+                attempts: slot.lease.attempts,
             });
             slot.work_mut().claim = Some(claim);
             let (owner, expired_at, attempts) =
-                (slot.lease.owner, slot.lease.expires_at, slot.attempts);
+                (slot.lease.owner, slot.lease.expires_at, slot.lease.attempts);
             if attempts == 1 {
                 self.record_owner(seq, expired_at, SlotEventKind::Expired, owner, None);
             }

@@ -22,8 +22,6 @@ use seqlease_core::{
 #[derive(Debug)]
 pub(crate) struct Slot {
     pub(crate) lease: SlotLease,
-    /// How many times the slot was claimed.
-    pub(crate) attempts: u32,
     /// Work recorded while leased, and a cleaner's claim; dropped when the slot resolves.
     work: Option<Box<Work>>,
     /// Set once, when the slot resolves.
@@ -41,6 +39,9 @@ pub(crate) struct SlotLease {
     pub(crate) leased_at: Timestamp,
     pub(crate) expires_at: Timestamp,
     pub(crate) renewals: u32,
+    /// How many times a cleaner claimed the slot once the lease expired. Kept here, in
+    /// what was the lease's padding, rather than in the slot: 8 bytes less per slot.
+    pub(crate) attempts: u32,
 }
 
 impl SlotLease {
@@ -55,6 +56,7 @@ impl SlotLease {
             leased_at: record.leased_at,
             expires_at: record.expires_at,
             renewals: record.renewals,
+            attempts: 0,
         }
     }
 
@@ -222,7 +224,6 @@ impl Slot {
     pub(crate) fn leased(lease: SlotLease) -> Self {
         Slot {
             lease,
-            attempts: 0,
             work: None,
             resolved: None,
         }
@@ -232,7 +233,6 @@ impl Slot {
     pub(crate) fn resolved(lease: SlotLease, at: Timestamp, content: Content) -> Self {
         Slot {
             lease,
-            attempts: 0,
             work: None,
             resolved: Some((at, content)),
         }
@@ -331,7 +331,7 @@ mod tests {
     #[test]
     fn a_slot_stays_small() {
         // The log keeps one of these per seq, for as long as it is retained.
-        let budget = 152;
+        let budget = 144;
         assert!(
             std::mem::size_of::<Slot>() <= budget,
             "Slot is {} bytes, budget {budget}",
