@@ -4,7 +4,9 @@
 //! it is pushed at the back. Leases mostly end in about the order they were granted, so a
 //! removal is mostly near the front, where `VecDeque::remove` moves the shorter side. The
 //! `BTreeSet` this replaces spent ~300 instructions per grant→commit cycle on its insert
-//! and remove.
+//! and remove. The price is the worst case: a removal from the middle moves up to half of
+//! the in-flight seqs (at the default capacity of 10,000, 40 KB). A space with millions of
+//! leases in flight that end in random order would want a tree again.
 
 use std::collections::VecDeque;
 
