@@ -21,6 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::process_cpu::process_cpu_time;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
@@ -224,6 +225,7 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         })
     };
     let payload = vec![b'x'; args.payload];
+    let cpu_before = process_cpu_time();
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = Vec::new();
@@ -331,6 +333,10 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         grant.add(&s.grant)?;
     }
     let elapsed = started.elapsed();
+    let cpu_us_per_cycle = cpu_before
+        .zip(process_cpu_time())
+        .filter(|_| cycles > 0)
+        .map(|(before, after)| (after - before).as_secs_f64() * 1e6 / cycles as f64);
     drop(ticker);
     let cycles_per_sec = cycles as f64 / elapsed.as_secs_f64();
 
@@ -358,6 +364,7 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         "max_us": commit.max(),
         "grant_p50_us": grant.value_at_quantile(0.50),
         "grant_p99_us": grant.value_at_quantile(0.99),
+        "cpu_us_per_cycle": cpu_us_per_cycle.map(|us| (us * 1000.0).round() / 1000.0),
         "payload_bytes": args.payload,
         "telemetry": args.telemetry.as_str(),
         "mean_batch": mean_batch(&engine),
@@ -394,6 +401,9 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             "grant        p50 {} µs, p99 {} µs",
             summary["grant_p50_us"], summary["grant_p99_us"]
         );
+        if let Some(us) = cpu_us_per_cycle {
+            println!("cpu          {us:.3} µs of this process's CPU per cycle");
+        }
         if let Some(per_sec) = runtime {
             println!(
                 "runtime      {per_sec:.0} cycles/s through the worker runtime → ratio {} to the raw lease API",

@@ -5,6 +5,7 @@ mod bench;
 mod bench_recovery;
 mod consumers;
 mod demo;
+mod process_cpu;
 mod progress;
 mod recovery;
 mod status;

@@ -129,6 +129,13 @@ fn bench_prints_the_fields_dashboards_read() {
         report["p50_us"].as_f64() <= report["max_us"].as_f64(),
         "{report}"
     );
+    if cfg!(target_os = "linux") {
+        let cpu = report["cpu_us_per_cycle"].as_f64();
+        assert!(
+            cpu.is_some_and(|us| us > 0.0),
+            "cpu_us_per_cycle in {report}"
+        );
+    }
 }
 
 /// `bench --pipeline` commits every lease it grants, the last one included: the file it
