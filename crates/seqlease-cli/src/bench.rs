@@ -56,6 +56,11 @@ pub struct Args {
     /// Payload bytes per operation.
     #[arg(long, default_value_t = 64)]
     payload: usize,
+    /// Operation ids: `sequential` (`w{worker}-{n}`: each worker's ids sort in the order
+    /// it commits them) or `random` (a worker prefix and 16 random hex digits, as event
+    /// ids that are UUIDs give: every commit lands in a random place of the I6 index).
+    #[arg(long, value_enum, default_value_t = IdOrder::Sequential)]
+    ids: IdOrder,
     /// Also measure the store's baseline in the same run and report the ratio.
     #[arg(long)]
     baseline: bool,
@@ -72,6 +77,24 @@ pub struct Args {
     /// this command starts when it is unset).
     #[arg(long, value_enum, default_value_t = TelemetryMode::Env)]
     telemetry: TelemetryMode,
+}
+
+/// `--ids` choices.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdOrder {
+    /// `w{worker}-{n}`.
+    Sequential,
+    /// `w{worker}-` and 16 random hex digits.
+    Random,
+}
+
+impl IdOrder {
+    fn as_str(self) -> &'static str {
+        match self {
+            IdOrder::Sequential => "sequential",
+            IdOrder::Random => "random",
+        }
+    }
 }
 
 /// `--telemetry` choices.
@@ -138,25 +161,35 @@ struct WorkerStats {
     grant: Histogram<u64>,
 }
 
-/// A worker's operation ids, `w{worker}-{n}`, made without the formatting machinery
-/// (`format!` cost the harness ~900 instructions a cycle, 8 % of the whole).
+/// A worker's operation ids, `w{worker}-{n}` or `w{worker}-` and 16 random hex digits,
+/// made without the formatting machinery (`format!` cost the harness ~900 instructions a
+/// cycle, 8 % of the whole).
 struct OperationIds {
     prefix: String,
+    order: IdOrder,
 }
 
 impl OperationIds {
-    fn new(worker: usize) -> Self {
+    fn new(worker: usize, order: IdOrder) -> Self {
         OperationIds {
             prefix: format!("w{worker}-"),
+            order,
         }
     }
 
     fn get(&self, n: u64) -> String {
-        let mut digits = itoa::Buffer::new();
-        let digits = digits.format(n);
-        let mut id = String::with_capacity(self.prefix.len() + digits.len());
+        let mut id = String::with_capacity(self.prefix.len() + 20);
         id.push_str(&self.prefix);
-        id.push_str(digits);
+        match self.order {
+            IdOrder::Sequential => id.push_str(itoa::Buffer::new().format(n)),
+            IdOrder::Random => {
+                let bits: u64 = rand::random();
+                for shift in (0..64).step_by(4).rev() {
+                    let digit = ((bits >> shift) & 0xf) as u32;
+                    id.push(char::from_digit(digit, 16).expect("a nibble is a hex digit"));
+                }
+            }
+        }
         id
     }
 }
@@ -240,7 +273,7 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 grant: histogram(),
             };
             let owner = format!("bench-{w}");
-            let ids = OperationIds::new(w);
+            let ids = OperationIds::new(w, args.ids);
             // The harness stays out of the figure: a cycle starts when the previous one's
             // commits were seen done (one clock read fewer per cycle), and the shared
             // progress counter is bumped once per 64 cycles, not per cycle.
@@ -366,6 +399,7 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         "grant_p99_us": grant.value_at_quantile(0.99),
         "cpu_us_per_cycle": cpu_us_per_cycle.map(|us| (us * 1000.0).round() / 1000.0),
         "payload_bytes": args.payload,
+        "ids": args.ids.as_str(),
         "telemetry": args.telemetry.as_str(),
         "mean_batch": mean_batch(&engine),
         "baseline": baseline.as_ref().map(|(name, per_sec)| json!({ "name": name, "per_sec": per_sec.round() as u64 })),
@@ -596,4 +630,26 @@ async fn sqlite_baseline(dir: &Path, duration: Duration) -> anyhow::Result<f64> 
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
     Ok(per_sec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operation_ids_carry_the_worker_and_follow_the_chosen_order() {
+        let sequential = OperationIds::new(3, IdOrder::Sequential);
+        assert_eq!(
+            (sequential.get(0), sequential.get(42)),
+            ("w3-0".into(), "w3-42".into())
+        );
+        let random = OperationIds::new(3, IdOrder::Random);
+        let (a, b) = (random.get(0), random.get(0));
+        for id in [&a, &b] {
+            let digits = id.strip_prefix("w3-").expect("the worker's prefix");
+            assert_eq!(digits.len(), 16, "{id}");
+            assert!(digits.bytes().all(|c| c.is_ascii_hexdigit()), "{id}");
+        }
+        assert_ne!(a, b, "random ids do not repeat");
+    }
 }
