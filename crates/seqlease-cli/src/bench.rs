@@ -178,18 +178,23 @@ impl OperationIds {
     }
 
     fn get(&self, n: u64) -> String {
-        let mut id = String::with_capacity(self.prefix.len() + 20);
-        id.push_str(&self.prefix);
         match self.order {
-            IdOrder::Sequential => id.push_str(itoa::Buffer::new().format(n)),
+            IdOrder::Sequential => self.with(itoa::Buffer::new().format(n)),
             IdOrder::Random => {
                 let bits: u64 = rand::random();
-                for shift in (0..64).step_by(4).rev() {
-                    let digit = ((bits >> shift) & 0xf) as u32;
-                    id.push(char::from_digit(digit, 16).expect("a nibble is a hex digit"));
-                }
+                let hex: [u8; 16] = std::array::from_fn(|i| {
+                    b"0123456789abcdef"[(bits >> (60 - 4 * i)) as usize & 0xf]
+                });
+                self.with(std::str::from_utf8(&hex).expect("hex digits are ASCII"))
             }
         }
+    }
+
+    /// The prefix and `suffix`, in a string exactly as long.
+    fn with(&self, suffix: &str) -> String {
+        let mut id = String::with_capacity(self.prefix.len() + suffix.len());
+        id.push_str(&self.prefix);
+        id.push_str(suffix);
         id
     }
 }
